@@ -471,5 +471,5 @@ def copy_raw_files(source_raw_dir: Path, spec: DatasetSpec | str, root: Path) ->
     target.mkdir(parents=True, exist_ok=True)
     for item in Path(source_raw_dir).iterdir():
         if item.is_file():
-            shutil.copy2(item, target / item.name)
+            shutil.copyfile(item, target / item.name)
     return target
