@@ -33,7 +33,7 @@ def synthetic_images(
     prototypes = np.random.default_rng(prototype_seed).integers(0, 256, size=(10, 28, 28))
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
-    noise = rng.normal(0.0, 90.0, size=(n, 28, 28))
+    noise = rng.normal(0.0, 300.0, size=(n, 28, 28))
     images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
     return images, labels
 
