@@ -1,0 +1,42 @@
+"""Plumbing shared by the entry points: flags from config dataclasses, data with clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
+from softmaxreg.config import DataConfig
+from softmaxreg.data import DataError, DataSplits, load_splits
+
+
+def parse_configs(
+    parser: argparse.ArgumentParser, argv: list[str] | None, *classes: type
+) -> tuple[Any, ...]:
+    """Add every field of `classes` as flags, parse `argv`, build and validate each config.
+
+    Unknown flags and invalid values end the process with status 2 and a message naming the flag.
+    """
+    for cls in classes:
+        add_dataclass_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    return tuple(dataclass_from_args(parser, cls, args) for cls in classes)
+
+
+def load_data_or_exit(config: DataConfig, device: torch.device) -> DataSplits:
+    """Load (fetching and verifying if needed) the configured dataset, or exit 1 with the reason."""
+    try:
+        return load_splits(
+            config.dataset,
+            config.data_root or None,
+            device=device,
+            val_size=config.val_size,
+            split_seed=config.split_seed,
+            log=lambda message: print(message, file=sys.stderr),
+        )
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
