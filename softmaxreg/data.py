@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,8 @@ def _from_local_gzip(spec: DatasetSpec, raw_dir: Path) -> None:
         try:
             with gzip.open(gz_path, "rb") as handle:
                 write_atomically(raw_dir / name, handle.read())
-        except (OSError, EOFError) as error:
+        # A damaged deflate stream raises zlib.error, which is neither OSError nor EOFError.
+        except (OSError, EOFError, zlib.error) as error:
             raise DataError(f"{gz_path}: not a readable gzip file ({error})") from error
 
 
