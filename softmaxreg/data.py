@@ -250,10 +250,22 @@ def _from_local_gzip(spec: DatasetSpec, raw_dir: Path) -> None:
         gz_path = raw_dir / f"{name}.gz"
         try:
             with gzip.open(gz_path, "rb") as handle:
-                write_atomically(raw_dir / name, handle.read())
+                contents = handle.read()
         # A damaged deflate stream raises zlib.error, which is neither OSError nor EOFError.
         except (OSError, EOFError, zlib.error) as error:
             raise DataError(f"{gz_path}: not a readable gzip file ({error})") from error
+        # Verify before the contents take the real name: a bad file left there would block every
+        # later source (they only fill in missing files) and later errors would blame it, not
+        # the .gz the user actually has.
+        with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".gunzip-") as tmp:
+            unpacked = Path(tmp) / name
+            unpacked.write_bytes(contents)
+            try:
+                verify_raw_file(spec, unpacked)
+            except DataError as error:
+                detail = str(error).removeprefix(f"{unpacked}: ")
+                raise DataError(f"{gz_path}: does not hold a valid {name}: {detail}") from None
+            os.replace(unpacked, raw_dir / name)
 
 
 def _from_torchvision(spec: DatasetSpec, raw_dir: Path) -> None:
