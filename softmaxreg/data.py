@@ -440,6 +440,20 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, tor
     return order[val_size:], order[:val_size]
 
 
+def _raw_files_only(
+    dataset_class: type[torchvision.datasets.MNIST],
+) -> type[torchvision.datasets.MNIST]:
+    """`dataset_class`, reading the raw IDX files even where a legacy cache exists.
+
+    torchvision before 0.9 cached MNIST as `<Class>/processed/{training,test}.pt`, and the class
+    still loads those instead of the raw files whenever both exist: unverified data, trained on
+    under the checksum of the verified raw files. Same class name, so the folders are the same.
+    """
+    return type(
+        dataset_class.__name__, (dataset_class,), {"_check_legacy_exist": lambda self: False}
+    )
+
+
 def load_splits(
     spec: DatasetSpec | str = "mnist",
     root: str | os.PathLike[str] | None = None,
@@ -454,8 +468,9 @@ def load_splits(
     spec = DATASETS[spec] if isinstance(spec, str) else spec
     raw_dir, checksum = ensure_raw_files(spec, root, sources=sources, log=log)
     dataset_root = str(raw_dir.parent.parent)
-    train = spec.torchvision_class(dataset_root, train=True, download=False)
-    test = spec.torchvision_class(dataset_root, train=False, download=False)
+    dataset_class = _raw_files_only(spec.torchvision_class)
+    train = dataset_class(dataset_root, train=True, download=False)
+    test = dataset_class(dataset_root, train=False, download=False)
     for split in (train, test):
         if split.targets.numel() and int(split.targets.max()) > 9:
             raise DataError(f"{raw_dir}: labels above 9 found; expected classes 0-9")
