@@ -1,0 +1,219 @@
+"""Where the sweep keeps its records: Optuna storage and MLflow tracking URIs, checked up front.
+
+    check_optuna_storage("sqlite:///optuna.db", "--storage")        # raises StoreError if unusable
+    check_tracking_uri("http://127.0.0.1:5000", "--tracking-uri")
+
+Both stores are checked *before* anything is created, and the checks create nothing themselves:
+
+- a SQLite URL must name a file (not `:memory:`, which would lose every result at exit) in a
+  folder that exists and is writable; if the file exists it must be a SQLite database. The file
+  itself is created later, by Optuna or MLflow, only once the sweep really starts;
+- any other SQL URL (PostgreSQL, MySQL, ...) must accept a connection within
+  `CONNECT_TIMEOUT_SECONDS`, through a driver that is installed;
+- an MLflow tracking server (`http://`, `https://`) must answer its `/health` endpoint.
+
+A failure raises `StoreError` whose message names the flag and what was wrong; the entry points
+turn it into exit status 2. Passwords in URLs are never echoed.
+
+`postgresql://` URLs without a driver use psycopg2 in SQLAlchemy. Where only psycopg 3 is
+installed, `normalise_sql_url` rewrites them to `postgresql+psycopg://`, so the plain URL works.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from softmaxreg.config import ConfigError
+
+DEFAULT_OPTUNA_STORAGE = "sqlite:///optuna.db"
+"""One SQLite file in the current folder holds every Optuna study (one per --study-name)."""
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+"""MLflow's own default tracking store; its artifacts go to ./mlruns beside it."""
+
+CONNECT_TIMEOUT_SECONDS = 5
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SERVER_SCHEMES = ("http", "https")
+
+
+class StoreError(RuntimeError):
+    """A store URL cannot be used; the message names the flag and the reason."""
+
+
+def parse_sql_url(url: str, field_name: str) -> URL:
+    """Parse an SQLAlchemy URL or raise `ConfigError` naming `field_name` (no I/O)."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as error:
+        raise ConfigError(
+            f"{field_name}={url!r} is invalid: expected a database URL such as "
+            f"sqlite:///optuna.db or postgresql://user@host/db ({error})"
+        ) from error
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise ConfigError(
+            f"{field_name}={url!r} is invalid: expected a SQLite file such as sqlite:///file.db "
+            "(an in-memory database would lose every result when the process ends)"
+        )
+    return parsed
+
+
+def validate_tracking_uri(uri: str, field_name: str) -> None:
+    """Syntax check of an MLflow tracking URI: a database URL or an http(s) server (no I/O)."""
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in SERVER_SCHEMES:
+        return
+    if scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        parse_sql_url(uri, field_name)
+        return
+    raise ConfigError(
+        f"{field_name}={uri!r} is invalid: expected a database URI (sqlite:///mlflow.db, "
+        "postgresql://..., mysql://...) or an MLflow server (http://host:port); MLflow's file "
+        "store (./mlruns) is deprecated and not supported"
+    )
+
+
+def display_url(url: str) -> str:
+    """`url` with any password masked, for messages and tags."""
+    if "://" in url and url.split("://", 1)[0].lower() not in SERVER_SCHEMES:
+        try:
+            return make_url(url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):
+            return url
+    return url
+
+
+def normalise_sql_url(url: str) -> str:
+    """Pick an installed PostgreSQL driver for a driver-less `postgresql://` URL."""
+    parsed = make_url(url)
+    if (
+        parsed.drivername == "postgresql"
+        and importlib.util.find_spec("psycopg2") is None
+        and importlib.util.find_spec("psycopg") is not None
+    ):
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (relative to the current folder), else None."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    return Path(parsed.database or "")
+
+
+def store_exists(url: str) -> bool:
+    """False only when a SQLite URL names a file that does not exist yet (nothing to read)."""
+    path = sqlite_file(url)
+    return path is None or path.exists()
+
+
+def _check_sqlite(path: Path, flag: str, url: str) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise StoreError(
+            f"{flag} {url}: folder {folder.resolve()} does not exist (create it first, or "
+            "point the URL at an existing folder)"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StoreError(f"{flag} {url}: folder {folder.resolve()} is not writable")
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a file")
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_MAGIC))
+        if header and header != SQLITE_MAGIC:
+            raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a SQLite database")
+
+
+def _connect_args(url: URL) -> dict[str, object]:
+    backend = url.get_backend_name()
+    if backend in ("postgresql", "mysql", "mariadb"):
+        return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return {}
+
+
+def check_sql_url(url: str, flag: str) -> None:
+    """Raise `StoreError` unless the database behind `url` can be used (creates nothing)."""
+    path = sqlite_file(url)
+    if path is not None:
+        _check_sqlite(path, flag, url)
+        return
+    parsed = make_url(normalise_sql_url(url))
+    shown = display_url(url)
+    try:
+        engine = sqlalchemy.create_engine(
+            parsed, poolclass=NullPool, connect_args=_connect_args(parsed)
+        )
+    except (NoSuchModuleError, ImportError) as error:
+        raise StoreError(
+            f"{flag} {shown}: the database driver is not installed ({error}); for PostgreSQL "
+            "install psycopg2-binary or psycopg[binary], for MySQL pymysql"
+        ) from error
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
+        raise StoreError(
+            f"{flag} {shown}: cannot connect to the database: {reason[0] if reason else error}"
+        ) from error
+    finally:
+        engine.dispose()
+
+
+def check_optuna_storage(url: str, flag: str = "--storage") -> None:
+    check_sql_url(url, flag)
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
+    """Raise `StoreError` unless MLflow can track to `uri` (a database or a live server)."""
+    if uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+        health = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT_SECONDS) as response:
+                if response.status != 200:
+                    raise StoreError(f"{flag} {uri}: {health} answered HTTP {response.status}")
+        except (urllib.error.URLError, OSError) as error:
+            raise StoreError(
+                f"{flag} {uri}: no MLflow server answers at {health} ({error}); start one with "
+                "`mlflow server --backend-store-uri sqlite:///mlflow.db`"
+            ) from error
+        return
+    check_sql_url(uri, flag)
+
+
+def absolute_sqlite_url(url: str) -> str:
+    """A relative `sqlite:///file.db` made absolute, so it works from any folder."""
+    path = sqlite_file(url) if "://" in url and not url.startswith(SERVER_SCHEMES) else None
+    if path is None or path.is_absolute():
+        return url
+    return f"{url.split(':', 1)[0]}:///{path.resolve()}"
+
+
+def mlflow_ui_command(tracking_uri: str) -> str:
+    """The exact command that opens the MLflow UI on `tracking_uri`."""
+    if tracking_uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+        return f"open {tracking_uri} in a browser (the MLflow server is already running)"
+    store = display_url(absolute_sqlite_url(tracking_uri))
+    return f"{mlflow_executable()} ui --backend-store-uri {store}"
+
+
+def mlflow_executable() -> str:
+    """`mlflow` if that is the one on PATH, else the full path of this environment's one."""
+    beside_python = Path(sys.executable).parent / "mlflow"
+    on_path = shutil.which("mlflow")
+    if beside_python.exists() and (on_path is None or Path(on_path) != beside_python):
+        return str(beside_python)
+    return "mlflow"
