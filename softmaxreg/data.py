@@ -230,7 +230,9 @@ def verify_raw_files(spec: DatasetSpec, raw_dir: Path) -> str:
         )
         if n_images != n_labels:
             raise DataError(
-                f"{raw_dir}: {prefix} split has {n_images} images but {n_labels} labels"
+                f"{raw_dir / f'{prefix}-labels-idx1-ubyte'}: {prefix} split has {n_images} "
+                f"images but {n_labels} labels; expected one label per image in "
+                f"{prefix}-images-idx3-ubyte"
             )
     return digest.hexdigest()
 
@@ -471,9 +473,12 @@ def load_splits(
     dataset_class = _raw_files_only(spec.torchvision_class)
     train = dataset_class(dataset_root, train=True, download=False)
     test = dataset_class(dataset_root, train=False, download=False)
-    for split in (train, test):
+    for split, prefix in ((train, "train"), (test, "t10k")):
         if split.targets.numel() and int(split.targets.max()) > 9:
-            raise DataError(f"{raw_dir}: labels above 9 found; expected classes 0-9")
+            raise DataError(
+                f"{raw_dir / f'{prefix}-labels-idx1-ubyte'}: label {int(split.targets.max())} "
+                "found; expected classes 0-9"
+            )
     train_idx, val_idx = split_train_val(len(train.targets), val_size, split_seed)
     train_x = normalise(train.data, spec.mean, spec.std)
     test_x = normalise(test.data, spec.mean, spec.std)
