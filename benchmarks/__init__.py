@@ -1,0 +1,19 @@
+"""The softmaxreg benchmark suite: every figure measured in one run, on the same data.
+
+    python -m benchmarks                              # full run (~10 min on a 2-core CPU)
+    python -m benchmarks --quick                      # smoke check, under a minute
+    python -m benchmarks --quick --synthetic --out /tmp/bench   # no data needed
+    python -m benchmarks --data-root ./data --out benchmarks/report --sections scaling
+
+Benchmarks (one module each): `tutorial_speed` (the tutorial's DataLoader pipeline vs the
+trainer at bs 100), `scaling` (epoch time and throughput for bs 16-4096 vs a matmul floor),
+`time_to_accuracy` (best lr per batch size, then seconds to 92% validation accuracy),
+`tutorial_bug` (the tutorial's double softmax vs logits), `tracking_overhead` (MLflow logging
+per trial), `sweep_throughput` (trials per minute of the default sweep), `fashion_mnist` (the
+time-to-accuracy table on Fashion-MNIST).
+
+Output in `--out` (default ./benchmark-results): report.md, one CSV per table, PNG plots, and an
+MLflow store (sqlite:///<out>/mlflow.db, artifacts in <out>/mlartifacts) with experiment
+`benchmarks`: one parent run per suite run, one child run per benchmark. The committed copy of
+the report is benchmarks/report/report.md.
+"""

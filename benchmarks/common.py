@@ -1,0 +1,159 @@
+"""What every benchmark shares: robust statistics, thread control, results and their tables.
+
+A benchmark is a function `run(context) -> SectionResult`. The result carries its tables (each
+becomes a CSV and a Markdown table), its plots, its headline figures (MLflow metrics) and its
+checks (a ratio, its target, met or not); `benchmarks.report` ties them into report.md and
+`benchmarks.recording` logs each one as an MLflow run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from benchmarks.config import BenchConfig, Settings
+from softmaxreg.data import DataSplits
+from softmaxreg.device import DeviceUnavailableError, resolve_device
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and spread of repeated timings (min, max and the interquartile range)."""
+
+    median: float
+    minimum: float
+    maximum: float
+    q1: float
+    q3: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        values = sorted(values)
+        if not values:
+            nan = math.nan
+            return cls(nan, nan, nan, nan, nan, 0)
+        if len(values) == 1:
+            q1 = q3 = values[0]
+        else:
+            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        return cls(statistics.median(values), values[0], values[-1], q1, q3, len(values))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with `count` intra-op threads, restoring the previous count afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def all_threads() -> int:
+    """Every logical CPU of the machine: the 'all threads' column of the scaling benchmark."""
+    return os.cpu_count() or 1
+
+
+def available_devices() -> list[torch.device]:
+    """cpu, plus cuda and mps when present: the devices the scaling benchmark covers."""
+    devices = [torch.device("cpu")]
+    for name in ("cuda", "mps"):
+        with contextlib.suppress(DeviceUnavailableError):  # not on this machine
+            devices.append(resolve_device(name))
+    return devices
+
+
+class NotMeasured(Exception):
+    """A benchmark cannot run here (what it measures does not exist); reported, not a failure."""
+
+
+@dataclass
+class Check:
+    """One figure against its target: what the report's summary table lists."""
+
+    figure: str
+    value: float | None
+    target: str
+    met: bool | None
+    """None when the figure could not be measured."""
+    note: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return {True: "met", False: "MISSED", None: "not measured"}[self.met]
+
+
+@dataclass
+class Table:
+    """A table of results: written as `<name>.csv` and shown in the report."""
+
+    name: str
+    title: str
+    frame: pd.DataFrame
+    show: bool = True
+    """False for long raw tables that the report only links."""
+
+
+@dataclass
+class SectionResult:
+    """Everything one benchmark produced."""
+
+    key: str
+    title: str
+    text: list[str] = field(default_factory=list)
+    """Markdown paragraphs: what was measured and how to read it."""
+    tables: list[Table] = field(default_factory=list)
+    plots: list[tuple[str, str]] = field(default_factory=list)
+    """(file name in the results folder, caption)."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    headlines: list[tuple[str, str]] = field(default_factory=list)
+    """(figure, value as text): key figures without a target, listed in the report's summary."""
+    seconds: float = 0.0
+    run_id: str = ""
+
+
+class Progress:
+    """Per-section progress lines on stderr, with the elapsed wall time of the whole run."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def line(self, message: str) -> None:
+        print(f"[{self.elapsed:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Context:
+    """What a benchmark runs with: the configuration, the data, where to write."""
+
+    config: BenchConfig
+    settings: Settings
+    out: Path
+    device: torch.device
+    mnist: DataSplits
+    mnist_root: Path
+    """Data folder holding the MNIST raw files `mnist` was loaded from (torchvision layout)."""
+    fashion: DataSplits | None
+    progress: Progress
+    tracking_uri: str
+    store_dir: Path
+    """A scratch folder for throw-away stores (tracking overhead, sweep throughput)."""

@@ -1,0 +1,177 @@
+"""The benchmark suite's configuration: `BenchConfig` (the command line) and `Settings` (sizes).
+
+`BenchConfig` is the single source of the CLI: every field becomes a flag through
+`softmaxreg.cli`, with its docstring as help; invalid values exit with status 2 before any work.
+`Settings` holds the sizes of every benchmark (batch sizes, repeats, seeds, ...); `FULL` is the
+reported run, `QUICK` the under-a-minute smoke check. A few `BenchConfig` fields override them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from softmaxreg.config import DEVICE_CHOICES, DeviceName, require, require_choice, require_int
+
+SectionName = Literal[
+    "tutorial_speed",
+    "scaling",
+    "time_to_accuracy",
+    "tutorial_bug",
+    "tracking_overhead",
+    "sweep_throughput",
+    "fashion_mnist",
+]
+SECTIONS: tuple[str, ...] = (
+    "tutorial_speed",
+    "scaling",
+    "time_to_accuracy",
+    "tutorial_bug",
+    "tracking_overhead",
+    "sweep_throughput",
+    "fashion_mnist",
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Run the softmaxreg benchmark suite and write its report."""
+
+    out: str = "./benchmark-results"
+    """Results folder for report.md, one CSV per table and the PNG plots (created if missing;
+    files of an earlier run are overwritten)."""
+
+    data_root: str = ""
+    """Data folder with MNIST and Fashion-MNIST (fetched and verified like experiments.train when
+    missing). Empty means $SOFTMAXREG_DATA if set, else ./data."""
+
+    tracking_uri: str = ""
+    """MLflow tracking URI of the `benchmarks` experiment. Empty means sqlite:///<out>/mlflow.db
+    with artifacts in <out>/mlartifacts."""
+
+    quick: bool = False
+    """Smoke check in under a minute: tiny sizes, one repeat; its figures mean nothing."""
+
+    synthetic: bool = False
+    """Use small synthetic IDX data written to a temporary folder instead of (Fashion-)MNIST, so
+    no download is needed (tests use it with --quick)."""
+
+    sections: tuple[SectionName, ...] = SECTIONS  # type: ignore[assignment]
+    """Benchmarks to run, in the report's order."""
+
+    device: DeviceName = "auto"
+    """Device of every benchmark except scaling, which runs on each available device."""
+
+    seeds: int | None = None
+    """Seeds per configuration in time-to-accuracy and the tutorial ablation (unset: 5, quick 2)."""
+
+    repeats: int | None = None
+    """Timed repeats after warm-up in the scaling benchmark (unset: 5, quick 2)."""
+
+    rounds: int | None = None
+    """Alternating rounds of tutorial vs trainer (unset: 3, quick 1)."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.out), "out", self.out, "a folder path")
+        require(
+            len(self.sections) > 0 and len(set(self.sections)) == len(self.sections),
+            "sections",
+            self.sections,
+            "one or more distinct section names",
+        )
+        for section in self.sections:
+            require_choice(section, "sections", SECTIONS)
+        require_choice(self.device, "device", DEVICE_CHOICES)
+        for name in ("seeds", "repeats", "rounds"):
+            value = getattr(self, name)
+            if value is not None:
+                require_int(value, name, 1)
+
+    @property
+    def settings(self) -> Settings:
+        """The sizes this run uses: the preset, with any overrides from the flags applied."""
+        preset = QUICK if self.quick else FULL
+        overrides = {
+            "seeds": self.seeds,
+            "scaling_repeats": self.repeats,
+            "tutorial_rounds": self.rounds,
+        }
+        return dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of every benchmark."""
+
+    batch_sizes: tuple[int, ...]
+    """Batch sizes of the scaling and time-to-accuracy benchmarks."""
+    tutorial_rounds: int
+    """Alternating rounds of tutorial epoch vs trainer epoch; medians are reported."""
+    scaling_repeats: int
+    """Timed epochs after the warm-up epoch, per batch size, thread count and device."""
+    floor_repeats: int
+    """Timed repeats of the matmul floor (after two warm-up repeats)."""
+    sweep_lrs: tuple[float, ...]
+    """Learning-rate grid searched for each batch size on the validation split."""
+    sweep_epochs: int
+    """Epochs per grid point; the score is the best validation accuracy within them."""
+    seeds: int
+    """Seeds (1..seeds, disjoint from the sweep's seed 0) per time-to-accuracy and ablation cell."""
+    tta_max_epochs: int
+    """Epoch budget of a time-to-accuracy run that has not reached its targets yet."""
+    ablation_epochs: int
+    """Epochs of the tutorial reproduction (the tutorial trains 10)."""
+    tracking_repeats: int
+    """Alternating repeats of one trial with and without MLflow logging."""
+    tracking_epochs: int
+    """Epochs of that trial."""
+    sweep_trials: int | None
+    """Trials of the sweep whose throughput is measured (None: the sweep's default)."""
+    sweep_epochs_per_trial: int | None
+    """Epochs per trial of that sweep (None: TrainConfig's default)."""
+    synthetic_train: int
+    """Training examples (before the validation split) of synthetic data."""
+    synthetic_test: int
+    """Test examples of synthetic data."""
+    synthetic_val: int
+    """Validation examples carved from the synthetic training set."""
+
+
+FULL = Settings(
+    batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    tutorial_rounds=3,
+    scaling_repeats=5,
+    floor_repeats=20,
+    sweep_lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+    sweep_epochs=10,
+    seeds=5,
+    tta_max_epochs=20,
+    ablation_epochs=10,
+    tracking_repeats=5,
+    tracking_epochs=10,
+    sweep_trials=None,
+    sweep_epochs_per_trial=None,
+    synthetic_train=12000,
+    synthetic_test=2000,
+    synthetic_val=2000,
+)
+
+QUICK = Settings(
+    batch_sizes=(64, 1024),
+    tutorial_rounds=1,
+    scaling_repeats=2,
+    floor_repeats=3,
+    sweep_lrs=(0.03, 0.3),
+    sweep_epochs=2,
+    seeds=2,
+    tta_max_epochs=2,
+    ablation_epochs=2,
+    tracking_repeats=1,
+    tracking_epochs=2,
+    sweep_trials=2,
+    sweep_epochs_per_trial=2,
+    synthetic_train=1600,
+    synthetic_test=400,
+    synthetic_val=400,
+)

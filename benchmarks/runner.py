@@ -1,0 +1,273 @@
+"""The suite's driver: parse flags, check everything, load the data once, run, report, record.
+
+Order of work, so that bad input fails before anything is spent: flags (exit 2), device (exit 2),
+results folder and tracking store (exit 2), data (exit 1, the loader names what was wrong); only
+then the benchmarks. A benchmark that fails is reported as such and the others still run (exit
+status 1 at the end); every CSV and plot is written as soon as its benchmark finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import os
+import shlex
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Context, NotMeasured, Progress, SectionResult, all_threads
+from benchmarks.config import BenchConfig, Settings
+from benchmarks.report import write_report, write_tables
+from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
+from softmaxreg.config import ConfigError
+from softmaxreg.data import DataError, DataSplits, load_splits
+from softmaxreg.device import DeviceUnavailableError, environment, resolve_device
+from softmaxreg.synthetic import write_synthetic_idx
+
+SECTION_MODULES: dict[str, str] = {
+    "tutorial_speed": "benchmarks.tutorial_speed",
+    "scaling": "benchmarks.scaling",
+    "time_to_accuracy": "benchmarks.time_to_accuracy",
+    "tutorial_bug": "benchmarks.tutorial_bug",
+    "tracking_overhead": "benchmarks.tracking_overhead",
+    "sweep_throughput": "benchmarks.sweep_throughput",
+    "fashion_mnist": "benchmarks.fashion_mnist",
+}
+
+FULL_EPOCH_SAMPLES = 55000
+
+
+def epoch_cost(batch_size: int, n_train: int) -> float:
+    """Rough seconds of one training epoch plus evaluation on this project's 2-core CPU."""
+    steps = -(-n_train // min(batch_size, n_train))
+    return (0.045 * n_train / FULL_EPOCH_SAMPLES + steps * 75e-6) + 0.01 * n_train / 55000
+
+
+def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int) -> float:
+    """A rough cost model of the run, to say up front how long it will take (unloaded machine)."""
+    s = settings
+    scale = n_train / FULL_EPOCH_SAMPLES
+    all_bs = sum(epoch_cost(bs, n_train) for bs in s.batch_sizes)
+    bs100 = epoch_cost(100, n_train)
+    cost = {
+        "tutorial_speed": s.tutorial_rounds * (115e-6 * 70000 * scale + bs100),
+        "scaling": (1 + s.scaling_repeats) * all_bs * (1.0 + 1.6 * (all_threads() > 1)),
+        "time_to_accuracy": all_bs
+        * (len(s.sweep_lrs) * s.sweep_epochs + s.seeds * s.tta_max_epochs * 0.6),
+        "tutorial_bug": s.seeds * s.ablation_epochs * bs100 * 2.8,
+        "tracking_overhead": 2 * s.tracking_repeats * s.tracking_epochs * bs100 + 3,
+        # A default sweep (40 trials, 10 epochs, some pruned) takes about two minutes here.
+        "sweep_throughput": (s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.3 + 5,
+    }
+    cost["fashion_mnist"] = cost["time_to_accuracy"]
+    return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
+
+
+def parse_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, BenchConfig]:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run the softmaxreg benchmark suite; write CSVs, plots and report.md to "
+        "--out and one MLflow run per benchmark to the `benchmarks` experiment.",
+    )
+    add_dataclass_arguments(parser, BenchConfig)
+    args = parser.parse_args(argv)
+    return parser, dataclass_from_args(parser, BenchConfig, args)
+
+
+def prepare_store(
+    parser: argparse.ArgumentParser, config: BenchConfig, out: Path
+) -> tuple[str, str | None]:
+    """The tracking URI and artifact location, checked before any work (exit 2 if unusable)."""
+    from experiments.stores import StoreError, check_tracking_uri, validate_tracking_uri
+
+    if config.tracking_uri:
+        uri, artifacts = config.tracking_uri, None
+    else:
+        uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        artifacts = (out / "mlartifacts").resolve().as_uri()
+    try:
+        validate_tracking_uri(uri, "tracking_uri")
+        check_tracking_uri(uri, "--tracking-uri")
+    except ConfigError as error:
+        parser.error(str(error).replace("tracking_uri=", "--tracking-uri ", 1))
+    except StoreError as error:
+        parser.error(str(error))
+    return uri, artifacts
+
+
+def load_data(
+    config: BenchConfig, settings: Settings, device: torch.device, scratch: Path, log
+) -> tuple[DataSplits, Path, DataSplits | None]:
+    """(MNIST splits, the data folder they came from, Fashion-MNIST splits or None)."""
+    need_fashion = "fashion_mnist" in config.sections
+    if config.synthetic:
+        root = scratch / "data"
+        splits = []
+        for seed, base in ((0, "mnist"), (7, "fashion_mnist")):
+            if base == "fashion_mnist" and not need_fashion:
+                splits.append(None)
+                continue
+            _, spec = write_synthetic_idx(
+                root,
+                n_train=settings.synthetic_train,
+                n_test=settings.synthetic_test,
+                seed=seed,
+                base=base,
+            )
+            splits.append(
+                load_splits(
+                    spec, root, device=device, val_size=settings.synthetic_val, sources=("local",)
+                )
+            )
+        return splits[0], root, splits[1]
+    root_arg = config.data_root or None
+    mnist = load_splits("mnist", root_arg, device=device, log=log)
+    fashion = None
+    if need_fashion:
+        fashion = load_splits("fashion_mnist", root_arg, device=device, log=log)
+    return mnist, Path(mnist.info["raw_dir"]).parent.parent, fashion
+
+
+def section_runner(name: str) -> Callable[[Context], SectionResult]:
+    return importlib.import_module(SECTION_MODULES[name]).run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, config = parse_config(argv)
+    try:
+        device = resolve_device(config.device)
+    except DeviceUnavailableError as error:
+        parser.error(str(error))
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {out}: cannot create the folder ({error})")
+    if not os.access(out, os.W_OK):
+        parser.error(f"--out {out}: folder is not writable")
+    tracking_uri, artifact_location = prepare_store(parser, config, out)
+
+    settings = config.settings
+    progress = Progress()
+    load_start = os.getloadavg()[0]
+    started = dt.datetime.now(dt.timezone.utc)
+    with tempfile.TemporaryDirectory(prefix="softmaxreg-bench-") as scratch_name:
+        scratch = Path(scratch_name)
+        progress.line("loading data" + (" (synthetic)" if config.synthetic else ""))
+        try:
+            mnist, mnist_root, fashion = load_data(
+                config, settings, device, scratch, log=progress.line
+            )
+        except DataError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        n_train = mnist.train_x.shape[0]
+        estimate = estimate_seconds(config.sections, settings, n_train)
+        progress.line(
+            f"running {len(config.sections)} benchmark(s) on {device}"
+            f"{' (quick mode)' if config.quick else ''}: estimated ~{estimate / 60:.1f} min "
+            "on an idle 2-core CPU (longer on a loaded machine); results in "
+            f"{out.resolve()}"
+        )
+        from benchmarks.recording import BenchmarkRecorder
+
+        recorder = BenchmarkRecorder(tracking_uri, artifact_location)
+        env = environment(device)
+        suite_name = f"suite-{started:%Y%m%d-%H%M%S}" + ("-quick" if config.quick else "")
+        data_tags = {"mnist_checksum": mnist.checksum, "mnist_name": mnist.name}
+        if fashion is not None:
+            data_tags |= {"fashion_checksum": fashion.checksum, "fashion_name": fashion.name}
+        suite_run = recorder.open_suite(
+            suite_name,
+            tags={**env, **data_tags, "benchmark": "suite"},
+            params={
+                "quick": str(config.quick),
+                "synthetic": str(config.synthetic),
+                "sections": " ".join(config.sections),
+                "device": str(device),
+            },
+        )
+        context = Context(
+            config=config,
+            settings=settings,
+            out=out,
+            device=device,
+            mnist=mnist,
+            mnist_root=mnist_root,
+            fashion=fashion,
+            progress=progress,
+            tracking_uri=tracking_uri,
+            store_dir=scratch,
+        )
+        results: list[SectionResult] = []
+        skipped: list[tuple[str, str]] = []
+        failed = False
+        for number, name in enumerate(config.sections, start=1):
+            progress.line(f"[{number}/{len(config.sections)}] {name}")
+            start = time.perf_counter()
+            try:
+                result = section_runner(name)(context)
+            except NotMeasured as reason:
+                skipped.append((name, str(reason)))
+                progress.line(f"[{number}/{len(config.sections)}] {name}: not measured: {reason}")
+                continue
+            except Exception as error:  # one broken benchmark must not cost the others' results
+                traceback.print_exc()
+                skipped.append((name, f"FAILED: {type(error).__name__}: {error}"))
+                failed = True
+                continue
+            finally:
+                torch.set_num_threads(int(env["torch_threads"]))
+            result.seconds = time.perf_counter() - start
+            files = write_tables(out, result) + [out / name for name, _ in result.plots]
+            result.run_id = recorder.record_section(result, files, tags={**env, **data_tags})
+            results.append(result)
+            progress.line(
+                f"[{number}/{len(config.sections)}] {name}: done in {result.seconds:.1f} s"
+            )
+        wall = progress.elapsed
+        load_end = os.getloadavg()[0]
+        header = {
+            "Date": f"{started:%Y-%m-%d %H:%M} UTC",
+            "Command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "Wall time": f"{wall:.0f} s ({wall / 60:.1f} min; estimated up front "
+            f"~{estimate / 60:.1f} min)",
+            "Machine load": f"1-minute load average {load_start:.2f} at the start, "
+            f"{load_end:.2f} at the end, on {os.cpu_count()} logical CPUs (other processes "
+            "share this machine; a load above the CPU count slows every figure)",
+            "Data": ", ".join(
+                f"`{d.name}` ({d.train_x.shape[0]:,} train / {d.val_x.shape[0]:,} validation / "
+                f"{d.test_x.shape[0]:,} test, checksum `{d.checksum}`)"
+                for d in (mnist, fashion)
+                if d is not None
+            ),
+            "MLflow": f"experiment `benchmarks` at `{tracking_uri}`, suite run `{suite_run}` "
+            "(one child run per section)",
+        }
+        report = write_report(
+            out, results, header=header, environment=env, skipped=skipped, quick=config.quick
+        )
+        metrics = {"wall_seconds": wall}
+        for result in results:
+            metrics |= {f"{result.key}.{k}": v for k, v in result.metrics.items()}
+        recorder.close_suite(metrics, out, status="FAILED" if failed else "FINISHED")
+    progress.line(f"report: {report.resolve()}")
+    for result in results:
+        for check in result.checks:
+            value = "—" if check.value is None else f"{check.value:.3g}"
+            print(f"{check.verdict:>12}  {check.figure}: {value} (target {check.target})")
+        for figure, value in result.headlines:
+            print(f"{'':>12}  {figure}: {value}")
+    for name, reason in skipped:
+        print(f"{'':>12}  {name}: not measured: {reason}")
+    print(f"wall time {wall:.0f} s")
+    return 1 if failed else 0
