@@ -1,0 +1,232 @@
+"""Tutorial vs trainer: one epoch of the classic tutorial's pipeline against one of the trainer.
+
+The tutorial: torchvision's MNIST dataset with `Compose([ToTensor(), Normalize((0.1307,),
+(0.3081,))])`, `DataLoader(batch_size=100, shuffle=True)` over the 60k training images,
+`nn.Linear(784, 10)` whose forward applies softmax, `nn.CrossEntropyLoss`,
+`torch.optim.SGD(lr=0.1)`, then the test pass over the 10k test images through a
+`DataLoader(batch_size=100)`.
+The trainer: `softmaxreg.trainer.train` at bs 100, lr 0.1, one epoch (its first, warm-up
+included), training on the 55k training split and evaluating on validation (5k) + test (10k).
+
+Both read the same raw files in one process, on the same device and thread count, in alternating
+rounds; medians are compared. Because the sample counts differ, two ratios are reported: raw
+(tutorial epoch / trainer epoch as measured) and per-sample (the trainer's training time scaled to
+60k examples and its evaluation time to 10k); the target is checked on the smaller of the two.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from benchmarks.common import Check, Context, SectionResult, Spread, Table
+from softmaxreg.config import TrainConfig
+from softmaxreg.device import synchronize
+from softmaxreg.trainer import train
+
+TARGET_SPEEDUP = 50.0
+BATCH_SIZE = 100
+LR = 0.1
+
+
+class TutorialNet(nn.Module):
+    """The tutorial's model, verbatim: softmax in forward (CrossEntropyLoss applies another)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.linear(x.view(-1, 784)), dim=1)
+
+
+def tutorial_loaders(root: str, mean: float, std: float) -> tuple[DataLoader, DataLoader]:
+    """The tutorial's datasets and loaders over the MNIST raw files under `root`."""
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
+    train_set = datasets.MNIST(root, train=True, transform=transform, download=False)
+    test_set = datasets.MNIST(root, train=False, transform=transform, download=False)
+    train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
+    test_loader = DataLoader(test_set, batch_size=BATCH_SIZE, shuffle=False)
+    return train_loader, test_loader
+
+
+def tutorial_epoch(
+    train_loader: DataLoader, test_loader: DataLoader, device: torch.device, seed: int
+) -> dict[str, float]:
+    """One training epoch and one test pass exactly as the tutorial writes them, timed."""
+    with torch.random.fork_rng(devices=[]):  # the tutorial seeds globally; keep ours untouched
+        torch.manual_seed(seed)
+        model = TutorialNet().to(device)
+        criterion = nn.CrossEntropyLoss()
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+
+        synchronize(device)
+        start = time.perf_counter()
+        for images, labels in train_loader:
+            images, labels = images.to(device), labels.to(device)
+            optimizer.zero_grad()
+            outputs = model(images)
+            loss = criterion(outputs, labels)
+            loss.backward()
+            optimizer.step()
+        synchronize(device)
+        train_seconds = time.perf_counter() - start
+
+        start = time.perf_counter()
+        correct = total = 0
+        with torch.no_grad():
+            for images, labels in test_loader:
+                images, labels = images.to(device), labels.to(device)
+                outputs = model(images)
+                _, predicted = torch.max(outputs.data, 1)
+                total += labels.size(0)
+                correct += (predicted == labels).sum().item()
+        synchronize(device)
+        eval_seconds = time.perf_counter() - start
+    return {
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "train_samples": len(train_loader.dataset),
+        "eval_samples": total,
+        "test_accuracy": correct / total,
+    }
+
+
+def trainer_epoch(context: Context, seed: int) -> dict[str, float]:
+    """One epoch of the trainer (its first, so warm-up included), as it reports it."""
+    data = context.mnist
+    config = TrainConfig(
+        batch_size=BATCH_SIZE, lr=LR, epochs=1, seed=seed, device=context.device.type
+    )
+    metrics = train(config, data).epochs[0]
+    return {
+        "train_seconds": metrics.epoch_seconds,
+        "eval_seconds": metrics.eval_seconds,
+        "train_samples": data.train_x.shape[0],
+        "eval_samples": data.val_x.shape[0] + data.test_x.shape[0],
+        "test_accuracy": metrics.test_accuracy,
+    }
+
+
+def run(context: Context) -> SectionResult:
+    rounds = context.settings.tutorial_rounds
+    train_loader, test_loader = tutorial_loaders(
+        str(context.mnist_root), context.mnist.mean, context.mnist.std
+    )
+    rows: list[dict[str, object]] = []
+    for round_number in range(1, rounds + 1):
+        # Alternate who goes first, so a drift in machine load does not favour one side.
+        order = ("tutorial", "trainer") if round_number % 2 else ("trainer", "tutorial")
+        for pipeline in order:
+            context.progress.line(f"  tutorial_speed: round {round_number}/{rounds}: {pipeline}")
+            if pipeline == "tutorial":
+                figures = tutorial_epoch(train_loader, test_loader, context.device, round_number)
+            else:
+                figures = trainer_epoch(context, round_number)
+            total = figures["train_seconds"] + figures["eval_seconds"]
+            rows.append(
+                {"round": round_number, "pipeline": pipeline, **figures, "total_seconds": total}
+            )
+    frame = pd.DataFrame(rows)
+
+    def median(pipeline: str, column: str) -> float:
+        return Spread.of(frame.loc[frame.pipeline == pipeline, column].tolist()).median
+
+    tut = {c: median("tutorial", c) for c in ("train_seconds", "eval_seconds", "total_seconds")}
+    ours = {c: median("trainer", c) for c in ("train_seconds", "eval_seconds", "total_seconds")}
+    first = {p: frame[frame.pipeline == p].iloc[0] for p in ("tutorial", "trainer")}
+    train_scale = first["tutorial"].train_samples / first["trainer"].train_samples
+    eval_scale = first["tutorial"].eval_samples / first["trainer"].eval_samples
+    ours_per_sample = ours["train_seconds"] * train_scale + ours["eval_seconds"] * eval_scale
+    raw_ratio = tut["total_seconds"] / ours["total_seconds"]
+    per_sample_ratio = tut["total_seconds"] / ours_per_sample
+    train_only_ratio = tut["train_seconds"] / (ours["train_seconds"] * train_scale)
+    headline = min(raw_ratio, per_sample_ratio)
+
+    summary = pd.DataFrame(
+        [
+            {
+                "pipeline": "tutorial (DataLoader + ToTensor + Normalize)",
+                "train_samples": int(first["tutorial"].train_samples),
+                "eval_samples": int(first["tutorial"].eval_samples),
+                "median_train_seconds": tut["train_seconds"],
+                "median_eval_seconds": tut["eval_seconds"],
+                "median_total_seconds": tut["total_seconds"],
+                "total_seconds_per_sample_normalised": tut["total_seconds"],
+            },
+            {
+                "pipeline": "softmaxreg.trainer",
+                "train_samples": int(first["trainer"].train_samples),
+                "eval_samples": int(first["trainer"].eval_samples),
+                "median_train_seconds": ours["train_seconds"],
+                "median_eval_seconds": ours["eval_seconds"],
+                "median_total_seconds": ours["total_seconds"],
+                "total_seconds_per_sample_normalised": ours_per_sample,
+            },
+        ]
+    )
+    ratios = pd.DataFrame(
+        [
+            {"ratio": "raw: tutorial total / trainer total (as measured)", "value": raw_ratio},
+            {
+                "ratio": "per-sample: tutorial total / trainer total scaled to the tutorial's "
+                "sample counts",
+                "value": per_sample_ratio,
+            },
+            {
+                "ratio": "training pass only, per-sample (tutorial train / trainer train scaled)",
+                "value": train_only_ratio,
+            },
+        ]
+    )
+    result = SectionResult(key="tutorial_speed", title="Tutorial pipeline vs trainer, bs 100")
+    result.text.append(
+        f"One epoch of the classic tutorial's pipeline (torchvision `MNIST` + "
+        f"`Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])`, `DataLoader(batch_size=100, "
+        f"shuffle=True)` over the {int(first['tutorial'].train_samples):,} training images, "
+        f"`nn.Linear(784, 10)` with softmax in forward, `CrossEntropyLoss`, `SGD(lr=0.1)`, then "
+        f"the test pass over {int(first['tutorial'].eval_samples):,} images) against one epoch "
+        f"of `softmaxreg.trainer.train` at bs 100, lr 0.1 (its first epoch, warm-up included: "
+        f"`epoch_seconds` + `eval_seconds`, training on {int(first['trainer'].train_samples):,} "
+        f"and evaluating validation + test, {int(first['trainer'].eval_samples):,} images). "
+        f"Same raw files, same process, same device ({context.device}) and thread count "
+        f"({torch.get_num_threads()}), {rounds} alternating round(s); medians compared."
+    )
+    result.text.append(
+        f"**Speed-up: {raw_ratio:.0f}× raw, {per_sample_ratio:.0f}× per-sample** (the trainer's "
+        f"training time scaled by {train_scale:.3f} to the tutorial's training-set size and its "
+        f"evaluation time by {eval_scale:.3f} to the tutorial's "
+        f"{int(first['tutorial'].eval_samples):,} test images). The target "
+        f"(≥ {TARGET_SPEEDUP:.0f}×) is checked on the smaller of the two."
+    )
+    result.tables += [
+        Table("tutorial_vs_trainer", "Median epoch times (seconds)", summary),
+        Table("tutorial_vs_trainer_ratios", "Speed-up ratios", ratios),
+        Table("tutorial_vs_trainer_rounds", "Every round", frame, show=False),
+    ]
+    result.metrics = {
+        "tutorial_total_seconds": tut["total_seconds"],
+        "tutorial_train_seconds": tut["train_seconds"],
+        "trainer_total_seconds": ours["total_seconds"],
+        "trainer_train_seconds": ours["train_seconds"],
+        "trainer_eval_seconds": ours["eval_seconds"],
+        "speedup_raw": raw_ratio,
+        "speedup_per_sample": per_sample_ratio,
+        "speedup_train_only_per_sample": train_only_ratio,
+    }
+    result.params = {"rounds": str(rounds), "batch_size": str(BATCH_SIZE), "lr": str(LR)}
+    result.checks.append(
+        Check(
+            figure="tutorial epoch / trainer epoch at bs 100 (min of raw and per-sample)",
+            value=headline,
+            target=f">= {TARGET_SPEEDUP:.0f}x",
+            met=headline >= TARGET_SPEEDUP,
+            note=f"raw {raw_ratio:.1f}x, per-sample {per_sample_ratio:.1f}x",
+        )
+    )
+    return result
