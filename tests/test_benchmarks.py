@@ -1,0 +1,259 @@
+"""The benchmark suite: quick mode end to end on synthetic data, its tables, report and runs.
+
+Timings are never asserted (speed is measured by the suite, not by tests); what is checked is
+that every table has its rows and columns, the figures are in range, the report only links files
+that exist, every benchmark is an MLflow run, and bad input exits 2 before any work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.common import Spread, all_threads
+from benchmarks.config import QUICK, SECTIONS
+from benchmarks.report import format_cell, markdown_table
+from benchmarks.runner import main
+from benchmarks.time_to_accuracy import best_lrs, median_with_misses
+
+SEEDS = 2
+N_BS = len(QUICK.batch_sizes)
+THREADS = len({1, all_threads()})
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("bench") / "results"
+    code = main(["--quick", "--synthetic", "--out", str(out), "--seeds", str(SEEDS)])
+    return code, out
+
+
+def read(out: Path, name: str) -> pd.DataFrame:
+    path = out / f"{name}.csv"
+    assert path.is_file(), f"{path.name} was not written"
+    return pd.read_csv(path)
+
+
+# (table, expected row count, columns that must be there)
+EXPECTED_TABLES = [
+    ("tutorial_vs_trainer", 2, ["pipeline", "median_total_seconds", "median_train_seconds"]),
+    ("tutorial_vs_trainer_ratios", 3, ["ratio", "value"]),
+    (
+        "tutorial_vs_trainer_rounds",
+        2 * QUICK.tutorial_rounds,
+        ["round", "pipeline", "total_seconds", "test_accuracy"],
+    ),
+    (
+        "scaling",
+        THREADS * N_BS,
+        [
+            "device",
+            "threads",
+            "batch_size",
+            "epoch_seconds_median",
+            "epoch_seconds_min",
+            "epoch_seconds_max",
+            "samples_per_second_median",
+            "floor_seconds",
+            "epoch_over_floor",
+        ],
+    ),
+    (
+        "scaling_full",
+        THREADS * N_BS,
+        ["epoch_seconds_q1", "epoch_seconds_q3", "repeats", "warmup_epoch_seconds"],
+    ),
+    ("scaling_floor", THREADS, ["device", "threads", "floor_seconds_median"]),
+    (
+        "time_to_accuracy",
+        N_BS,
+        [
+            "batch_size",
+            "best_lr",
+            "sweep_best_val_accuracy",
+            "reached_0.92",
+            "median_seconds_to_0.92",
+            "reached_0.91",
+            "median_seconds_to_0.91",
+        ],
+    ),
+    (
+        "time_to_accuracy_lr_sweep",
+        N_BS * len(QUICK.sweep_lrs),
+        ["batch_size", "lr", "best_val_accuracy", "diverged"],
+    ),
+    ("time_to_accuracy_seeds", N_BS * SEEDS, ["batch_size", "lr", "seed", "seconds_to_0.92"]),
+    (
+        "tutorial_bug",
+        QUICK.ablation_epochs,
+        ["epoch", "tutorial_double_softmax_test_accuracy", "logits_test_accuracy"],
+    ),
+    (
+        "tutorial_bug_curves",
+        2 * QUICK.ablation_epochs,
+        ["model", "epoch", "test_accuracy_mean", "test_accuracy_std"],
+    ),
+    (
+        "tutorial_bug_runs",
+        2 * SEEDS * QUICK.ablation_epochs,
+        ["model", "seed", "epoch", "test_accuracy"],
+    ),
+    ("tracking_overhead", 6, ["figure", "value"]),
+    (
+        "tracking_overhead_runs",
+        2 * QUICK.tracking_repeats,
+        ["mode", "trial_seconds", "mlflow_seconds"],
+    ),
+    ("sweep_throughput", 9, ["figure", "value"]),
+    ("sweep_throughput_trials", QUICK.sweep_trials, ["trial_number", "state", "batch_size", "lr"]),
+    ("fashion_mnist", N_BS, ["batch_size", "best_lr", "median_seconds_to_0.92"]),
+    ("fashion_mnist_lr_sweep", N_BS * len(QUICK.sweep_lrs), ["batch_size", "lr"]),
+    ("fashion_mnist_seeds", N_BS * SEEDS, ["batch_size", "seed"]),
+]
+
+
+def test_quick_run_succeeds_and_writes_every_table(quick_run):
+    code, out = quick_run
+    assert code == 0
+    written = {path.stem for path in out.glob("*.csv")}
+    assert written == {name for name, _, _ in EXPECTED_TABLES}
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "columns"), EXPECTED_TABLES, ids=[t[0] for t in EXPECTED_TABLES]
+)
+def test_table_has_its_rows_and_columns(quick_run, name, rows, columns):
+    _, out = quick_run
+    frame = read(out, name)
+    assert len(frame) == rows
+    missing = set(columns) - set(frame.columns)
+    assert not missing, f"{name}.csv lacks {missing}"
+
+
+def test_figures_are_in_range(quick_run):
+    _, out = quick_run
+    ratios = read(out, "tutorial_vs_trainer_ratios")
+    assert (ratios.value > 0).all() and ratios.value.map(math.isfinite).all()
+    scaling = read(out, "scaling")
+    assert (scaling.epoch_seconds_min <= scaling.epoch_seconds_median).all()
+    assert (scaling.epoch_seconds_median <= scaling.epoch_seconds_max).all()
+    assert (scaling.epoch_over_floor > 0).all()
+    assert sorted(scaling.threads.unique()) == sorted({1, all_threads()})
+    sweep = read(out, "time_to_accuracy_lr_sweep")
+    assert sweep.best_val_accuracy.between(0, 1).all()
+    tta = read(out, "time_to_accuracy")
+    # The chosen lr is the grid point with the best validation accuracy for that batch size.
+    for _, row in tta.iterrows():
+        points = sweep[sweep.batch_size == row.batch_size]
+        assert row.best_lr == points.loc[points.best_val_accuracy.idxmax(), "lr"]
+    runs = read(out, "tutorial_bug_runs")
+    assert set(runs.model) == {"tutorial_double_softmax", "logits"}
+    assert runs.test_accuracy.between(0, 1).all()
+    # Synthetic prototypes are easy: logits learns them, the double softmax lags behind.
+    last = runs[runs.epoch == runs.epoch.max()].groupby("model").test_accuracy.mean()
+    assert last["logits"] > last["tutorial_double_softmax"]
+    tracked = read(out, "tracking_overhead_runs")
+    assert (tracked[tracked["mode"] == "tracked"].mlflow_seconds > 0).all()
+    assert (tracked[tracked["mode"] == "untracked"].mlflow_seconds == 0).all()
+
+
+def test_report_links_only_files_that_exist(quick_run):
+    _, out = quick_run
+    report = (out / "report.md").read_text(encoding="utf-8")
+    targets = re.findall(r"\]\(([^)\s]+)\)", report)
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", report)
+    assert targets and images
+    for target in targets:
+        assert not target.startswith("/") and "://" not in target, target
+        assert (out / target).is_file(), f"report links {target}, which does not exist"
+    for image in images:
+        assert image.endswith(".png")
+        assert (out / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    linked = set(targets)
+    assert {p.name for p in out.glob("*.csv")} <= linked, "every table is linked"
+    assert {p.name for p in out.glob("*.png")} <= linked, "every plot is shown"
+    for heading in ("## Machine", "## Summary", "Quick mode", "Wall time", "torch_version"):
+        assert heading in report
+
+
+def test_every_benchmark_is_an_mlflow_run(quick_run):
+    from mlflow import MlflowClient
+
+    _, out = quick_run
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("benchmarks")
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(SECTIONS) <= set(by_name)
+    suite = [r for r in runs if r.data.tags.get("benchmark") == "suite"]
+    assert len(suite) == 1 and suite[0].info.status == "FINISHED"
+    for name in SECTIONS:
+        run = by_name[name]
+        assert run.data.tags["mlflow.parentRunId"] == suite[0].info.run_id
+        assert run.data.metrics, f"{name} logged no metrics"
+        assert run.data.tags["torch_version"]
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert any(path.endswith(".csv") for path in artifacts), name
+    assert "speedup_per_sample" in by_name["tutorial_speed"].data.metrics
+    plots = {a.path for a in client.list_artifacts(by_name["scaling"].info.run_id)}
+    assert {"scaling_epoch_seconds.png", "scaling_throughput.png"} <= plots
+    suite_files = {a.path for a in client.list_artifacts(suite[0].info.run_id)}
+    assert "report.md" in suite_files
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--no-such-flag"],
+        ["--seeds", "0"],
+        ["--sections", "scaling", "nope"],
+        ["--sections", "scaling", "scaling"],
+        ["--device", "tpu"],
+        ["--tracking-uri", "file:///tmp/mlruns"],
+        ["--tracking-uri", "sqlite:///no/such/folder/mlflow.db"],
+    ],
+)
+def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv):
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--quick", "--synthetic", "--out", str(out), *argv])
+    assert exit_info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (out / "report.md").exists()
+    assert not list(out.glob("*.csv")) if out.exists() else True
+
+
+def test_spread_of_repeats():
+    spread = Spread.of([3.0, 1.0, 2.0, 10.0])
+    assert (spread.median, spread.minimum, spread.maximum, spread.n) == (2.5, 1.0, 10.0, 4)
+    assert spread.q1 <= spread.median <= spread.q3
+    assert Spread.of([]).n == 0 and math.isnan(Spread.of([]).median)
+
+
+def test_median_counts_misses_as_infinitely_slow():
+    assert median_with_misses(pd.Series([1.0, 2.0, math.nan])) == 2.0
+    assert math.isnan(median_with_misses(pd.Series([1.0, math.nan, math.nan])))
+
+
+def test_best_lr_prefers_the_smaller_on_ties_and_skips_diverged():
+    sweep = pd.DataFrame(
+        {
+            "batch_size": [16, 16, 16, 64, 64],
+            "lr": [0.3, 0.1, 1.0, 0.1, 1.0],
+            "best_val_accuracy": [0.9, 0.9, math.nan, 0.8, 0.85],
+            "diverged": [False, False, True, False, False],
+        }
+    )
+    assert best_lrs(sweep) == {16: 0.1, 64: 1.0}
+
+
+def test_markdown_table_formats_cells():
+    frame = pd.DataFrame({"a": [1, 2], "b": [0.123456, math.nan], "c": ["x|y", "z"]})
+    table = markdown_table(frame)
+    assert table.splitlines()[0] == "| a | b | c |"
+    assert "| 1 | 0.1235 | x\\|y |" in table and "| 2 | — | z |" in table
+    assert format_cell(123456.7) == "123,457"
