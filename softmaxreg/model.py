@@ -8,7 +8,7 @@ the arithmetic. The tests check the closed form against autograd.
 `SoftmaxRegression` returns logits; `F.cross_entropy` applies log-softmax itself, which is both
 correct and numerically stable. `TutorialDoubleSoftmax` reproduces the classic tutorial's bug
 (softmax in `forward`, then `nn.CrossEntropyLoss`, so softmax is applied twice): its loss is
-bounded below by log(10) - log(1 + 9/e) ≈ 1.46 and its gradients shrink as predictions sharpen. It
+bounded below by log(1 + 9/e) ≈ 1.46 and its gradients shrink as predictions sharpen. It
 exists only as a named ablation for the benchmark report.
 """
 
