@@ -130,6 +130,11 @@ class Settings:
     """Trials of the sweep whose throughput is measured (None: the sweep's default)."""
     sweep_epochs_per_trial: int | None
     """Epochs per trial of that sweep (None: TrainConfig's default)."""
+    max_train_examples: int | None
+    """Real data only: keep the first this many training examples (None: all). Quick mode uses a
+    slice so that it stays under a minute; the tutorial pipeline then reads the same number."""
+    max_eval_examples: int | None
+    """Real data only: keep the first this many validation and test examples (None: all)."""
     synthetic_train: int
     """Training examples (before the validation split) of synthetic data."""
     synthetic_test: int
@@ -152,6 +157,8 @@ FULL = Settings(
     tracking_epochs=10,
     sweep_trials=None,
     sweep_epochs_per_trial=None,
+    max_train_examples=None,
+    max_eval_examples=None,
     synthetic_train=12000,
     synthetic_test=2000,
     synthetic_val=2000,
@@ -171,6 +178,8 @@ QUICK = Settings(
     tracking_epochs=2,
     sweep_trials=2,
     sweep_epochs_per_trial=2,
+    max_train_examples=5000,
+    max_eval_examples=1000,
     synthetic_train=1600,
     synthetic_test=400,
     synthetic_val=400,

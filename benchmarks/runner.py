@@ -132,7 +132,28 @@ def load_data(
     fashion = None
     if need_fashion:
         fashion = load_splits("fashion_mnist", root_arg, device=device, log=log)
-    return mnist, Path(mnist.info["raw_dir"]).parent.parent, fashion
+        fashion = limit(fashion, settings)
+    return limit(mnist, settings), Path(mnist.info["raw_dir"]).parent.parent, fashion
+
+
+def limit(data: DataSplits, settings: Settings) -> DataSplits:
+    """The first `max_*_examples` of each split (quick mode on real data), else `data` itself."""
+    n_train, n_eval = settings.max_train_examples, settings.max_eval_examples
+    if n_train is None and n_eval is None:
+        return data
+    return DataSplits(
+        name=data.name,
+        train_x=data.train_x[:n_train],
+        train_y=data.train_y[:n_train],
+        val_x=data.val_x[:n_eval],
+        val_y=data.val_y[:n_eval],
+        test_x=data.test_x[:n_eval],
+        test_y=data.test_y[:n_eval],
+        checksum=data.checksum,
+        mean=data.mean,
+        std=data.std,
+        info={**data.info, "sliced": f"first {n_train} train / {n_eval} val / {n_eval} test"},
+    )
 
 
 def section_runner(name: str) -> Callable[[Context], SectionResult]:
@@ -175,9 +196,15 @@ def main(argv: list[str] | None = None) -> int:
         progress.line(
             f"running {len(config.sections)} benchmark(s) on {device}"
             f"{' (quick mode)' if config.quick else ''}: estimated ~{estimate / 60:.1f} min "
-            "on an idle 2-core CPU (longer on a loaded machine); results in "
+            "on an idle 2-core CPU; results in "
             f"{out.resolve()}"
         )
+        if load_start > (os.cpu_count() or 1):
+            progress.line(
+                f"warning: load average {load_start:.1f} exceeds the {os.cpu_count()} CPUs: other "
+                "processes compete for them, so this run will take longer and its timings are "
+                "pessimistic (multi-threaded steps suffer most); the report records the load"
+            )
         from benchmarks.recording import BenchmarkRecorder
 
         recorder = BenchmarkRecorder(tracking_uri, artifact_location)

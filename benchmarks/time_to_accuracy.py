@@ -307,8 +307,12 @@ def plot(
     outputs.append((name, f"{dataset}: validation accuracy vs lr per batch size (dashed: targets)"))
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
+    plotted = False
     for index, target in enumerate(targets):
         column = f"median_seconds_to_{target:g}"
+        if not summary[column].notna().any():
+            continue
+        plotted = True
         axes.plot(
             summary.batch_size,
             summary[column],
@@ -316,13 +320,25 @@ def plot(
             color=f"C{index}",
             label=f"{target:.0%} val accuracy",
         )
+    if plotted:
+        axes.set_yscale("log")
+        axes.legend(fontsize=8)
+    else:
+        axes.text(
+            0.5,
+            0.5,
+            "no batch size reached any target in most seeds",
+            ha="center",
+            va="center",
+            transform=axes.transAxes,
+        )
     axes.set_xscale("log", base=2)
-    axes.set_yscale("log")
+    if len(summary):
+        axes.set_xlim(summary.batch_size.min() / 1.5, summary.batch_size.max() * 1.5)
     axes.set_xlabel("batch size (at its best lr)")
     axes.set_ylabel("median training seconds to target")
     axes.set_title(f"{dataset}: time-to-accuracy (gaps: most seeds missed)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
     figure.tight_layout()
     name = f"{key}_time_to_accuracy.png"
     figure.savefig(context.out / name, dpi=110)

@@ -21,7 +21,7 @@ import time
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from benchmarks.common import Check, Context, SectionResult, Spread, Table
@@ -45,11 +45,21 @@ class TutorialNet(nn.Module):
         return torch.softmax(self.linear(x.view(-1, 784)), dim=1)
 
 
-def tutorial_loaders(root: str, mean: float, std: float) -> tuple[DataLoader, DataLoader]:
-    """The tutorial's datasets and loaders over the MNIST raw files under `root`."""
+def tutorial_loaders(
+    root: str, mean: float, std: float, n_train: int, n_test: int
+) -> tuple[DataLoader, DataLoader]:
+    """The tutorial's datasets and loaders over the MNIST raw files under `root`.
+
+    Only when the suite works on a slice of the data (quick mode) does the tutorial read the same
+    number of images, through a `Subset`; otherwise its datasets are used whole, as written.
+    """
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
     train_set = datasets.MNIST(root, train=True, transform=transform, download=False)
     test_set = datasets.MNIST(root, train=False, transform=transform, download=False)
+    if n_train < len(train_set):
+        train_set = Subset(train_set, range(n_train))
+    if n_test < len(test_set):
+        test_set = Subset(test_set, range(n_test))
     train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=BATCH_SIZE, shuffle=False)
     return train_loader, test_loader
@@ -115,8 +125,13 @@ def trainer_epoch(context: Context, seed: int) -> dict[str, float]:
 
 def run(context: Context) -> SectionResult:
     rounds = context.settings.tutorial_rounds
+    data = context.mnist
     train_loader, test_loader = tutorial_loaders(
-        str(context.mnist_root), context.mnist.mean, context.mnist.std
+        str(context.mnist_root),
+        data.mean,
+        data.std,
+        n_train=data.train_x.shape[0] + data.val_x.shape[0],
+        n_test=data.test_x.shape[0],
     )
     rows: list[dict[str, object]] = []
     for round_number in range(1, rounds + 1):

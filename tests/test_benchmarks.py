@@ -257,3 +257,24 @@ def test_markdown_table_formats_cells():
     assert table.splitlines()[0] == "| a | b | c |"
     assert "| 1 | 0.1235 | x\\|y |" in table and "| 2 | — | z |" in table
     assert format_cell(123456.7) == "123,457"
+
+
+def test_time_to_accuracy_plots_when_no_target_was_reached(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.time_to_accuracy import plot
+
+    sweep = pd.DataFrame(
+        {"batch_size": [16, 16, 64], "lr": [0.1, 1.0, 0.1], "best_val_accuracy": [0.8, 0.7, 0.8]}
+    )
+    summary = pd.DataFrame(
+        {
+            "batch_size": [16, 64],
+            "median_seconds_to_0.85": [math.nan, math.nan],
+            "median_seconds_to_0.84": [math.nan, math.nan],
+        }
+    )
+    context = SimpleNamespace(out=tmp_path, settings=SimpleNamespace(sweep_epochs=3))
+    written = plot(sweep, summary, (0.85, 0.84), "fashion_mnist", "fashion_mnist", context)
+    for name, _ in written:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
