@@ -28,8 +28,10 @@ def format_cell(value: object) -> str:
             return "—"
         if math.isinf(value):
             return "∞"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.3g}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if value != 0 and abs(value) < 1e-3:
+            return f"{value:.3g}"
         return f"{value:.4g}"
     return str(value).replace("|", "\\|")
 

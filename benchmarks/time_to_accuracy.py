@@ -37,6 +37,12 @@ TARGETS: dict[str, tuple[float, ...]] = {
     # Softmax regression reaches about 0.85 on Fashion-MNIST; 0.92 would never be reached.
     "fashion_mnist": (0.85, 0.84),
 }
+TARGET_NOTES: dict[str, str] = {
+    "mnist": "0.92 is the issue's target; plain-SGD softmax regression tops out around "
+    "0.915-0.92 validation accuracy on this 55k/5k split, so 0.91 is reported beside it",
+    "fashion_mnist": "softmax regression tops out near 0.85 on Fashion-MNIST, so MNIST's 0.92 "
+    "would never be reached; 0.85 and 0.84 play the roles of 0.92 and 0.91",
+}
 SELECTION_SEED = 0
 
 
@@ -206,6 +212,10 @@ def run_dataset(context: Context, data: DataSplits, key: str) -> SectionResult:
         f"excluded, warm-up included) until validation accuracy first reaches the target, "
         f"checked once per epoch. Medians count a seed that never reached the target as "
         f"infinitely slow, so '—' means most seeds did not reach it; `reached` says how many did."
+    )
+    note = TARGET_NOTES.get(data.name, "synthetic data: MNIST's targets, for the smoke check")
+    result.text.append(
+        "Targets: " + " and ".join(f"{t:.0%}" for t in targets) + f" validation accuracy ({note})."
     )
     primary, *others = targets
     reached_any = summary[summary[f"median_seconds_to_{primary:g}"].notna()]
