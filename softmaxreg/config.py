@@ -37,6 +37,11 @@ def require_int(value: object, field_name: str, minimum: int) -> None:
     )
 
 
+def _is_number(value: object) -> bool:
+    """An int or float, but not a bool (True would silently mean 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def require_positive_finite(value: object, field_name: str) -> None:
     require(
         isinstance(value, (int, float))
@@ -97,13 +102,13 @@ class TrainConfig:
         require_positive_finite(self.lr, "lr")
         require_int(self.epochs, "epochs", 1)
         require(
-            isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0,
+            _is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
             "momentum",
             self.momentum,
             "a number in [0, 1)",
         )
         require(
-            isinstance(self.weight_decay, (int, float))
+            _is_number(self.weight_decay)
             and math.isfinite(self.weight_decay)
             and self.weight_decay >= 0.0,
             "weight_decay",
@@ -113,7 +118,7 @@ class TrainConfig:
         require_int(self.seed, "seed", 0)
         require_choice(self.device, "device", DEVICE_CHOICES)
         require(
-            isinstance(self.target_accuracy, (int, float)) and 0.0 < self.target_accuracy <= 1.0,
+            _is_number(self.target_accuracy) and 0.0 < self.target_accuracy <= 1.0,
             "target_accuracy",
             self.target_accuracy,
             "a number in (0, 1]",
