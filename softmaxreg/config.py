@@ -54,6 +54,15 @@ def require_positive_finite(value: object, field_name: str) -> None:
     )
 
 
+SEED_MAX = 2**64 - 1
+"""torch's generators accept seeds in [0, 2**64); a larger one fails only once training starts."""
+
+
+def require_seed(value: object, field_name: str) -> None:
+    require_int(value, field_name, 0)
+    require(value <= SEED_MAX, field_name, value, "an integer in [0, 2**64 - 1] (torch's range)")
+
+
 def require_choice(value: object, field_name: str, choices: tuple[str, ...]) -> None:
     require(value in choices, field_name, value, f"one of {', '.join(choices)}")
 
@@ -115,7 +124,7 @@ class TrainConfig:
             self.weight_decay,
             "a finite number >= 0",
         )
-        require_int(self.seed, "seed", 0)
+        require_seed(self.seed, "seed")
         require_choice(self.device, "device", DEVICE_CHOICES)
         require(
             _is_number(self.target_accuracy) and 0.0 < self.target_accuracy <= 1.0,
@@ -147,4 +156,4 @@ class DataConfig:
         require_choice(self.dataset, "dataset", DATASET_CHOICES)
         require(isinstance(self.data_root, str), "data_root", self.data_root, "a path")
         require_int(self.val_size, "val_size", 1)
-        require_int(self.split_seed, "split_seed", 0)
+        require_seed(self.split_seed, "split_seed")
