@@ -415,3 +415,13 @@ def test_postgresql_as_optuna_storage(stores, synthetic_splits):
         storage = open_storage(url)
         if name in {s.study_name for s in storage.get_all_studies()}:
             optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_grid_sampler_with_hyperband_covers_the_grid_once(stores, synthetic_splits):
+    config = sweep_config(stores, n_trials=10, sampler="grid", grid_lr_points=2, pruner="hyperband")
+    outcome = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    # 2 batch sizes × 2 learning rates: the grid is exhausted after 4 trials, not 10.
+    combos = {(t.params["batch_size"], t.params["lr"]) for t in outcome.study.trials}
+    assert len(outcome.study.trials) == 4
+    assert combos == {(b, lr) for b in (32, 128) for lr in config.grid_learning_rates()}
+    assert config.grid_learning_rates() == pytest.approx([0.05, 1.0])
