@@ -271,15 +271,23 @@ def _from_local_gzip(spec: DatasetSpec, raw_dir: Path) -> None:
 
 
 def _from_torchvision(spec: DatasetSpec, raw_dir: Path) -> None:
-    root = raw_dir.parent.parent
-    try:
-        spec.torchvision_class(str(root), train=True, download=True)
-        spec.torchvision_class(str(root), train=False, download=True)
-    except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
-        first_line = str(error).strip().splitlines()
-        raise DataError(
-            f"torchvision download failed: {' '.join(first_line[:3]) or type(error).__name__}"
-        ) from error
+    # torchvision writes each .gz straight over any file of that name (a user's bad .gz, say) and
+    # extracts over the raw files, so it downloads into a scratch folder beside the data and
+    # only the missing raw files are moved across.
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".torchvision-") as scratch:
+        try:
+            spec.torchvision_class(scratch, train=True, download=True)
+            spec.torchvision_class(scratch, train=False, download=True)
+        except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ...
+            first_line = str(error).strip().splitlines()
+            raise DataError(
+                f"torchvision download failed: {' '.join(first_line[:3]) or type(error).__name__}"
+            ) from error
+        downloaded = spec.raw_dir(Path(scratch))
+        for name in RAW_FILES:
+            if not (raw_dir / name).exists():
+                os.replace(downloaded / name, raw_dir / name)
 
 
 def _csv_to_idx(csv_bytes: io.BufferedIOBase, count: int) -> tuple[np.ndarray, np.ndarray]:
