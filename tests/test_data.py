@@ -10,10 +10,13 @@ what was expected, and the user's bytes are still exactly what they were.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
+import http.server
 import io
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from softmaxreg.data import (
     DATA_ENV_VAR,
+    DATASETS,
     RAW_FILES,
     DataError,
     DatasetSpec,
@@ -451,3 +455,60 @@ def test_a_fully_present_valid_folder_is_used_without_any_source(synthetic_folde
     got_dir, checksum = ensure_raw_files(spec, root, sources=())
     assert got_dir == raw_dir and len(checksum) == 32
     assert folder_bytes(raw_dir) == before
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision's own download, from a local HTTP server holding the real MNIST .gz files
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_mnist_mirror(real_mnist_root, monkeypatch):
+    """Point torchvision's MNIST download at a real HTTP server on 127.0.0.1 (no internet)."""
+    handler = functools.partial(
+        QuietHandler, directory=str(DATASETS["mnist"].raw_dir(real_mnist_root))
+    )
+    server = QuietServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(
+        torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"]
+    )
+    yield
+    server.shutdown()
+    server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # torchvision closes some connections early (it probes for redirects)
+
+
+@pytest.mark.real_data
+def test_torchvision_source_downloads_and_verifies(local_mnist_mirror, tmp_path):
+    raw_dir, checksum = ensure_raw_files("mnist", tmp_path, sources=("torchvision",))
+    assert raw_dir == tmp_path / "MNIST" / "raw"
+    assert checksum == ensure_raw_files("mnist", tmp_path, sources=())[1]
+    for name in RAW_FILES:
+        assert md5_of(raw_dir / name) == DATASETS["mnist"].raw_md5[name]
+
+
+@pytest.mark.real_data
+def test_torchvision_source_never_overwrites_the_users_files(local_mnist_mirror, tmp_path):
+    """The user's bad .gz stays as it was; the download fills in only what is missing."""
+    raw_dir = DATASETS["mnist"].raw_dir(tmp_path)
+    raw_dir.mkdir(parents=True)
+    users_gz = raw_dir / f"{TRAIN_IMAGES}.gz"
+    users_gz.write_bytes(b"the user's own file, not a gzip")
+
+    _, checksum = ensure_raw_files("mnist", tmp_path, sources=("local", "torchvision"))
+
+    assert users_gz.read_bytes() == b"the user's own file, not a gzip"
+    for name in RAW_FILES:
+        assert md5_of(raw_dir / name) == DATASETS["mnist"].raw_md5[name]
+    assert checksum == ensure_raw_files("mnist", tmp_path, sources=())[1]
