@@ -7,11 +7,16 @@ temporary one, because MLflow puts artifacts in ./mlruns beside the tracking dat
 
 from __future__ import annotations
 
+import _thread
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -425,3 +430,44 @@ def test_grid_sampler_with_hyperband_covers_the_grid_once(stores, synthetic_spli
     assert len(outcome.study.trials) == 4
     assert combos == {(b, lr) for b in (32, 128) for lr in config.grid_learning_rates()}
     assert config.grid_learning_rates() == pytest.approx([0.05, 1.0])
+
+
+def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits):
+    """Ctrl-C mid-trial: finished trials stay, the open child run and the parent are closed."""
+    long_trials = TrainConfig(epochs=40, device="cpu")  # a trial lasts a couple of seconds
+    config = sweep_config(stores, n_trials=20, batch_sizes=(32,), pruner="none")
+    storage = stores["storage"]
+    database = Path(storage.removeprefix("sqlite:///"))
+
+    def interrupt_during_second_trial() -> None:
+        # Read-only SQL on Optuna's tables: opening a second Optuna storage while the sweep
+        # creates the database would race it for the schema.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            try:
+                with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+                    states = [row[0] for row in db.execute("SELECT state FROM trials")]
+            except sqlite3.Error:  # no database or no tables yet
+                continue
+            if len(states) >= 2 and states[-1] == "RUNNING":
+                time.sleep(0.3)  # let it train for a moment
+                _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
+                return
+
+    watcher = threading.Thread(target=interrupt_during_second_trial, daemon=True)
+    watcher.start()
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config, long_trials, DataConfig(), synthetic_splits, log=lambda _: None)
+    watcher.join(timeout=5)
+
+    study = optuna.load_study(study_name="test-study", storage=storage)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    client = MlflowClient(stores["tracking_uri"])
+    runs = runs_by_role(client, "test-study")
+    assert runs["study"][0].info.status == "KILLED"
+    statuses = {r.info.run_name: r.info.status for r in runs["trial"]}
+    assert statuses == {"trial-0": "FINISHED", "trial-1": "FAILED"}
+    interrupted = next(r for r in runs["trial"] if r.info.run_name == "trial-1")
+    assert interrupted.data.tags["optuna.fail_reason"] == "interrupted"
+    assert client.get_metric_history(interrupted.info.run_id, "val_accuracy")  # epochs so far
