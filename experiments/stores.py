@@ -105,6 +105,13 @@ def normalise_sql_url(url: str) -> str:
     return url
 
 
+def normalise_tracking_uri(uri: str) -> str:
+    """`normalise_sql_url` for database tracking URIs; server URIs unchanged."""
+    if uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+        return uri
+    return normalise_sql_url(uri)
+
+
 def sqlite_file(url: str) -> Path | None:
     """The database file of a SQLite URL (relative to the current folder), else None."""
     parsed = make_url(url)

@@ -230,6 +230,13 @@ class SweepConfig:
         parse_sql_url(self.storage, "storage")
         require(isinstance(self.tracking_uri, str), "tracking_uri", self.tracking_uri, "a URI")
         validate_tracking_uri(self.tracking_uri, "tracking_uri")
+        require(
+            self.tracking_uri != self.storage,
+            "tracking_uri",
+            self.tracking_uri,
+            "a different database from --storage (Optuna and MLflow both keep an "
+            "alembic_version table, so they cannot share one)",
+        )
         require(isinstance(self.quiet, bool), "quiet", self.quiet, "true or false")
 
     @property

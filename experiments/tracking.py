@@ -45,6 +45,8 @@ from mlflow.utils.validation import (
 )
 from optuna.trial import TrialState
 
+from experiments.stores import normalise_tracking_uri
+
 ROLE_TAG = "softmaxreg.role"
 STUDY_UUID_TAG = "softmaxreg.study_uuid"
 STUDY_NAME_TAG = "optuna.study_name"
@@ -80,7 +82,7 @@ class SweepTracker:
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
-        self.client = MlflowClient(tracking_uri)
+        self.client = MlflowClient(normalise_tracking_uri(tracking_uri))
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self.seconds = 0.0
@@ -231,6 +233,7 @@ class SweepTracker:
 
 def search_trial_runs(tracking_uri: str, experiment_name: str) -> pd.DataFrame:
     """`mlflow.search_runs` for the trial runs of `experiment_name` (empty frame if none)."""
+    tracking_uri = normalise_tracking_uri(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
     experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
     if experiment is None:

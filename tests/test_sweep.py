@@ -293,6 +293,7 @@ BAD_FLAGS = [
     (["--storage", "postgresql://postgres@127.0.0.1:{port}/test"], "cannot connect"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server"),
     (["--epochs", "0"], "--epochs"),
+    (["--tracking-uri", "sqlite:///optuna.db"], "cannot share one"),
 ]
 
 
