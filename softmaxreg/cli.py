@@ -96,6 +96,8 @@ def add_dataclass_arguments(
         shown_default = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = docs.get(field.name, "")
         help_text = f"{help_text} (default: {shown_default!s})" if help_text else None
+        if help_text is not None:
+            help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         metavar = None
         if spec.get("nargs") == 2 and field.name.endswith("_range"):
             metavar = ("MIN", "MAX")
