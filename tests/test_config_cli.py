@@ -215,3 +215,27 @@ def test_bad_flags_exit_2_naming_the_flag(capsys, argv, expected, tmp_path):
     assert expected in captured.err
     assert captured.out == ""
     assert [p.name for p in raw_dir.iterdir()] == ["train-images-idx3-ubyte"]
+
+
+@dataclasses.dataclass(frozen=True)
+class PercentConfig:
+    """A config whose docstrings use the percent sign, which argparse treats as formatting."""
+
+    keep_share: float = 0.5
+    """Share of trials to keep, e.g. 50% of them."""
+
+    label: str = "100%"
+    """A default that itself has a percent sign."""
+
+
+def test_percent_signs_in_docstrings_and_defaults_show_literally_in_help():
+    parser = argparse.ArgumentParser(prog="test", formatter_class=wide_help)
+    add_dataclass_arguments(parser, PercentConfig)
+    entries = help_by_flag(parser.format_help())
+    assert entries["--keep-share"].endswith("e.g. 50% of them. (default: 0.5)")
+    assert entries["--label"].endswith("percent sign. (default: 100%)")
+    assert parse(PercentConfig, ["--keep-share", "0.25"]) == PercentConfig(keep_share=0.25)
+
+
+def wide_help(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=1000, max_help_position=1000)
