@@ -54,6 +54,7 @@ def require_positive_finite(value: object, field_name: str) -> None:
     )
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 SEED_MAX = 2**64 - 1
 """torch's generators accept seeds in [0, 2**64); a larger one fails only once training starts."""
 
@@ -109,6 +110,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require_int(self.batch_size, "batch_size", 1)
         require_positive_finite(self.lr, "lr")
+        # Parameters are float32: a larger step size cannot even be applied (torch raises an
+        # overflow error deep in the update), so it is a bad value, not a divergence.
+        require(self.lr <= FLOAT32_MAX, "lr", self.lr, f"at most {FLOAT32_MAX:.4g} (float32 max)")
         require_int(self.epochs, "epochs", 1)
         require(
             _is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
