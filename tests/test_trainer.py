@@ -91,8 +91,8 @@ def reference_run(cfg: TrainConfig, data: DataSplits) -> ReferenceRun:
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"batch_size": 300, "lr": 0.05},  # 2000 / 300: the last batch has 200
-        {"batch_size": 100, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3},
+        {"batch_size": 300, "lr": 0.01},  # 2000 / 300: the last batch has 200
+        {"batch_size": 100, "lr": 0.002, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3},
         {"batch_size": 500, "lr": 0.1, "model": "tutorial_double_softmax", "seed": 1},
     ],
     ids=["plain", "momentum_and_weight_decay", "double_softmax"],
@@ -104,7 +104,9 @@ def test_trainer_equals_a_plain_pytorch_training_loop(synthetic_splits, override
 
     assert [m.epoch for m in result.epochs] == [1, 2, 3]
     got_losses = [m.train_loss for m in result.epochs]
-    torch.testing.assert_close(got_losses, reference.train_losses, rtol=1e-4, atol=0)
+    # Learning rates in the stable regime, so float32 rounding differences stay at ~1e-7
+    # instead of being amplified (at lr 0.05 the loss jumps about and they reach 1e-4).
+    torch.testing.assert_close(got_losses, reference.train_losses, rtol=1e-5, atol=0)
     assert [m.val_accuracy for m in result.epochs] == pytest.approx(
         reference.val_accuracies, abs=2 / 500
     )
@@ -112,7 +114,7 @@ def test_trainer_equals_a_plain_pytorch_training_loop(synthetic_splits, override
         reference.test_accuracies, abs=2 / 500
     )
     for mine, expected in zip(result.model.parameters(), reference.weights, strict=True):
-        torch.testing.assert_close(mine.detach(), expected, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(mine.detach(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_train_loss_is_the_size_weighted_mean_over_the_epoch(synthetic_splits):
