@@ -63,6 +63,11 @@ class BenchConfig:
     device: DeviceName = "auto"
     """Device of every benchmark except scaling, which runs on each available device."""
 
+    threads: int = 0
+    """torch intra-op threads for every benchmark except scaling (which measures 1 and all); 0
+    keeps torch's default. 1 avoids multi-threaded slowdowns when other processes load the
+    CPUs."""
+
     seeds: int | None = None
     """Seeds per configuration in time-to-accuracy and the tutorial ablation (unset: 5, quick 2)."""
 
@@ -83,6 +88,7 @@ class BenchConfig:
         for section in self.sections:
             require_choice(section, "sections", SECTIONS)
         require_choice(self.device, "device", DEVICE_CHOICES)
+        require_int(self.threads, "threads", 0)
         for name in ("seeds", "repeats", "rounds"):
             value = getattr(self, name)
             if value is not None:

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Context, NotMeasured, Progress, SectionResult, all_threads
+from benchmarks.common import (
+    Context,
+    NotMeasured,
+    Progress,
+    SectionResult,
+    all_threads,
+    torch_threads,
+)
 from benchmarks.config import BenchConfig, Settings
 from benchmarks.report import write_report, write_tables
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
@@ -176,7 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(out, os.W_OK):
         parser.error(f"--out {out}: folder is not writable")
     tracking_uri, artifact_location = prepare_store(parser, config, out)
+    with torch_threads(config.threads or torch.get_num_threads()):
+        return run_suite(config, device, out, tracking_uri, artifact_location, argv)
 
+
+def run_suite(
+    config: BenchConfig,
+    device: torch.device,
+    out: Path,
+    tracking_uri: str,
+    artifact_location: str | None,
+    argv: list[str] | None,
+) -> int:
+    """Everything after the checks: data, benchmarks, report, MLflow runs. Returns the status."""
     settings = config.settings
     progress = Progress()
     load_start = os.getloadavg()[0]

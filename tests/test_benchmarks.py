@@ -210,6 +210,7 @@ def test_every_benchmark_is_an_mlflow_run(quick_run):
     [
         ["--no-such-flag"],
         ["--seeds", "0"],
+        ["--threads", "-1"],
         ["--sections", "scaling", "nope"],
         ["--sections", "scaling", "scaling"],
         ["--device", "tpu"],
