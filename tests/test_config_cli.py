@@ -30,6 +30,7 @@ INVALID_TRAIN_VALUES = [
     ("lr", math.nan),
     ("lr", math.inf),
     ("lr", True),
+    ("lr", 1e39),  # beyond float32: torch could not apply the step
     ("epochs", 0),
     ("epochs", 2.0),
     ("momentum", 1.0),
