@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall whenever the dependency list changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint sweep train bench bench-quick ui clean
+.PHONY: install test lint sweep export train bench bench-quick ui clean
 
 install: $(STAMP)
 
@@ -26,6 +26,9 @@ test: lint
 
 sweep: $(STAMP)
 	$(BIN)/python -m experiments.sweep $(ARGS)
+
+export: $(STAMP)
+	$(BIN)/python -m experiments.export $(ARGS)
 
 train: $(STAMP)
 	$(BIN)/python -m experiments.train $(ARGS)
