@@ -14,13 +14,13 @@ never rename one.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import optuna
 import pandas as pd
+
+from softmaxreg.data import write_atomically
 
 TRIAL_COLUMNS: dict[str, str] = {
     "study_name": "Optuna study (and MLflow experiment) name",
@@ -260,16 +260,8 @@ def best_per_batch_size_text(table: pd.DataFrame) -> str:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file and `os.replace`: never a half-written file."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """Write `text` (UTF-8) via a temporary file and `os.replace`: never a half-written file."""
+    write_atomically(Path(path), text.encode("utf-8"))
 
 
 def write_csv_atomically(table: pd.DataFrame, path: Path) -> None:

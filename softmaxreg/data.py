@@ -148,12 +148,20 @@ def idx_bytes(array: np.ndarray) -> bytes:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees either the old file or the whole new one."""
+    """Write `data` to `path` so a reader sees either the old file or the whole new one.
+
+    Creates missing parent folders; a failed write leaves no temporary file behind.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-        tmp_path = Path(tmp.name)
-    os.replace(tmp_path, path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
