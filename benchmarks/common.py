@@ -37,18 +37,22 @@ class Spread:
     q1: float
     q3: float
     n: int
+    values: tuple[float, ...] = ()
+    """The measurements themselves, in the order taken."""
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Spread:
-        values = sorted(values)
-        if not values:
+        taken = tuple(values)
+        ordered = sorted(taken)
+        if not ordered:
             nan = math.nan
             return cls(nan, nan, nan, nan, nan, 0)
-        if len(values) == 1:
-            q1 = q3 = values[0]
+        if len(ordered) == 1:
+            q1 = q3 = ordered[0]
         else:
-            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-        return cls(statistics.median(values), values[0], values[-1], q1, q3, len(values))
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+        median = statistics.median(ordered)
+        return cls(median, ordered[0], ordered[-1], q1, q3, len(ordered), taken)
 
 
 @contextmanager
@@ -124,6 +128,8 @@ class SectionResult:
     headlines: list[tuple[str, str]] = field(default_factory=list)
     """(figure, value as text): key figures without a target, listed in the report's summary."""
     seconds: float = 0.0
+    load: tuple[float, float] = (math.nan, math.nan)
+    """1-minute load average of the machine when the benchmark started and ended."""
     run_id: str = ""
 
 

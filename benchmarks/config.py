@@ -72,7 +72,8 @@ class BenchConfig:
     """Seeds per configuration in time-to-accuracy and the tutorial ablation (unset: 5, quick 2)."""
 
     repeats: int | None = None
-    """Timed repeats after warm-up in the scaling benchmark (unset: 5, quick 2)."""
+    """Interleaved passes of the scaling benchmark, each timing 2 epochs per configuration after
+    a warm-up epoch (unset: 3, quick 1)."""
 
     rounds: int | None = None
     """Alternating rounds of tutorial vs trainer (unset: 3, quick 1)."""
@@ -100,7 +101,7 @@ class BenchConfig:
         preset = QUICK if self.quick else FULL
         overrides = {
             "seeds": self.seeds,
-            "scaling_repeats": self.repeats,
+            "scaling_passes": self.repeats,
             "tutorial_rounds": self.rounds,
         }
         return dataclasses.replace(preset, **{k: v for k, v in overrides.items() if v is not None})
@@ -114,10 +115,12 @@ class Settings:
     """Batch sizes of the scaling and time-to-accuracy benchmarks."""
     tutorial_rounds: int
     """Alternating rounds of tutorial epoch vs trainer epoch; medians are reported."""
-    scaling_repeats: int
-    """Timed epochs after the warm-up epoch, per batch size, thread count and device."""
+    scaling_passes: int
+    """Interleaved passes over every (device, threads, batch size) in the scaling benchmark."""
+    scaling_epochs_per_pass: int
+    """Timed epochs per configuration and pass, after one warm-up epoch."""
     floor_repeats: int
-    """Timed repeats of the matmul floor (after two warm-up repeats)."""
+    """Timed repeats of the matmul floor per pass (after two warm-up repeats)."""
     sweep_lrs: tuple[float, ...]
     """Learning-rate grid searched for each batch size on the validation split."""
     sweep_epochs: int
@@ -152,8 +155,9 @@ class Settings:
 FULL = Settings(
     batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
     tutorial_rounds=3,
-    scaling_repeats=5,
-    floor_repeats=20,
+    scaling_passes=3,
+    scaling_epochs_per_pass=2,
+    floor_repeats=10,
     sweep_lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
     sweep_epochs=10,
     seeds=5,
@@ -173,7 +177,8 @@ FULL = Settings(
 QUICK = Settings(
     batch_sizes=(64, 1024),
     tutorial_rounds=1,
-    scaling_repeats=2,
+    scaling_passes=1,
+    scaling_epochs_per_pass=2,
     floor_repeats=3,
     sweep_lrs=(0.03, 0.3),
     sweep_epochs=2,

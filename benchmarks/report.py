@@ -111,7 +111,8 @@ def write_report(
     for number, result in enumerate(results, start=1):
         lines += ["", f"## {number}. {result.title}", ""]
         lines += [
-            f"_Section `{result.key}`: {result.seconds:.1f} s"
+            f"_Section `{result.key}`: {result.seconds:.1f} s, machine load average "
+            f"{result.load[0]:.2f} → {result.load[1]:.2f}"
             + (f", MLflow run `{result.run_id}`_" if result.run_id else "_"),
             "",
         ]

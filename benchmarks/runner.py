@@ -65,7 +65,10 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     bs100 = epoch_cost(100, n_train)
     cost = {
         "tutorial_speed": s.tutorial_rounds * (115e-6 * 70000 * scale + bs100),
-        "scaling": (1 + s.scaling_repeats) * all_bs * (1.0 + 1.6 * (all_threads() > 1)),
+        "scaling": s.scaling_passes
+        * (1 + s.scaling_epochs_per_pass)
+        * all_bs
+        * (1.0 + 1.6 * (all_threads() > 1)),
         "time_to_accuracy": all_bs
         * (len(s.sweep_lrs) * s.sweep_epochs + s.seeds * s.tta_max_epochs * 0.6),
         "tutorial_bug": s.seeds * s.ablation_epochs * bs100 * 2.8,
@@ -260,6 +263,7 @@ def run_suite(
         for number, name in enumerate(config.sections, start=1):
             progress.line(f"[{number}/{len(config.sections)}] {name}")
             start = time.perf_counter()
+            load_before = os.getloadavg()[0]
             try:
                 result = section_runner(name)(context)
             except NotMeasured as reason:
@@ -274,6 +278,11 @@ def run_suite(
             finally:
                 torch.set_num_threads(int(env["torch_threads"]))
             result.seconds = time.perf_counter() - start
+            result.load = (load_before, os.getloadavg()[0])
+            result.metrics |= {
+                "load_average_start": result.load[0],
+                "load_average_end": result.load[1],
+            }
             files = write_tables(out, result) + [out / name for name, _ in result.plots]
             result.run_id = recorder.record_section(result, files, tags={**env, **data_tags})
             results.append(result)

@@ -12,6 +12,7 @@ epoch within a small factor of the floor spends its time on arithmetic, not on o
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import matplotlib
@@ -67,76 +68,92 @@ def thread_counts(device: torch.device) -> list[int]:
 
 def run(context: Context) -> SectionResult:
     settings = context.settings
-    rows: list[dict[str, object]] = []
-    floors: list[dict[str, object]] = []
-    for device in available_devices():
-        data = context.mnist.to(device)
-        n_train = data.train_x.shape[0]
-        for threads in thread_counts(device):
-            with torch_threads(threads):
-                context.progress.line(f"  scaling: {device} with {threads} thread(s): floor")
-                floor = matmul_floor(data.train_x, settings.floor_repeats)
-                floors.append(
-                    {
-                        "device": str(device),
-                        "threads": threads,
-                        "floor_seconds_median": floor.median,
-                        "floor_seconds_min": floor.minimum,
-                        "floor_seconds_max": floor.maximum,
-                        "repeats": floor.n,
-                    }
-                )
-                for batch_size in settings.batch_sizes:
+    passes, per_pass = settings.scaling_passes, settings.scaling_epochs_per_pass
+    steady: dict[tuple[str, int, int], list[float]] = {}
+    warmups: dict[tuple[str, int, int], list[float]] = {}
+    floor_times: dict[tuple[str, int], list[float]] = {}
+    devices = available_devices()
+    # Passes interleave every (device, threads, batch size): a burst of load from another
+    # process then spreads over all configurations instead of inflating one of them.
+    for number in range(1, passes + 1):
+        for device in devices:
+            data = context.mnist.to(device)
+            for threads in thread_counts(device):
+                with torch_threads(threads):
                     context.progress.line(
-                        f"  scaling: {device} with {threads} thread(s): batch size {batch_size}"
+                        f"  scaling: pass {number}/{passes}, {device}, {threads} thread(s)"
                     )
-                    config = TrainConfig(
-                        batch_size=batch_size,
-                        lr=LR,
-                        epochs=1 + settings.scaling_repeats,
-                        device=device.type,
-                    )
-                    try:
-                        history = train(config, data).epochs
-                    except TrainingDiverged as error:
-                        context.progress.line(f"  scaling: skipped, {error}")
-                        continue
-                    steady = [m.epoch_seconds for m in history if not m.warmup]
-                    epoch = Spread.of(steady)
-                    throughput = Spread.of([n_train / s for s in steady])
-                    rows.append(
-                        {
-                            "device": str(device),
-                            "threads": threads,
-                            "batch_size": batch_size,
-                            "steps_per_epoch": -(-n_train // min(batch_size, n_train)),
-                            "epoch_seconds_median": epoch.median,
-                            "epoch_seconds_min": epoch.minimum,
-                            "epoch_seconds_max": epoch.maximum,
-                            "epoch_seconds_q1": epoch.q1,
-                            "epoch_seconds_q3": epoch.q3,
-                            "samples_per_second_median": throughput.median,
-                            "samples_per_second_min": throughput.minimum,
-                            "samples_per_second_max": throughput.maximum,
-                            "warmup_epoch_seconds": history[0].epoch_seconds,
-                            "repeats": epoch.n,
-                            "floor_seconds": floor.median,
-                            "epoch_over_floor": epoch.median / floor.median,
-                        }
-                    )
+                    floor = matmul_floor(data.train_x, settings.floor_repeats)
+                    floor_times.setdefault((str(device), threads), []).extend(floor.values)
+                    for batch_size in settings.batch_sizes:
+                        config = TrainConfig(
+                            batch_size=batch_size, lr=LR, epochs=1 + per_pass, device=device.type
+                        )
+                        try:
+                            history = train(config, data).epochs
+                        except TrainingDiverged as error:
+                            context.progress.line(f"  scaling: skipped, {error}")
+                            continue
+                        key = (str(device), threads, batch_size)
+                        steady.setdefault(key, []).extend(
+                            m.epoch_seconds for m in history if not m.warmup
+                        )
+                        warmups.setdefault(key, []).append(history[0].epoch_seconds)
+
+    n_train = context.mnist.train_x.shape[0]
+    floors = []
+    for (device, threads), times in floor_times.items():
+        floor = Spread.of(times)
+        floors.append(
+            {
+                "device": device,
+                "threads": threads,
+                "floor_seconds_median": floor.median,
+                "floor_seconds_min": floor.minimum,
+                "floor_seconds_max": floor.maximum,
+                "repeats": floor.n,
+            }
+        )
+    floor_median = {(f["device"], f["threads"]): f["floor_seconds_median"] for f in floors}
+    rows = []
+    for (device, threads, batch_size), times in steady.items():
+        epoch = Spread.of(times)
+        throughput = Spread.of([n_train / t for t in times])
+        floor_seconds = floor_median[(device, threads)]
+        rows.append(
+            {
+                "device": device,
+                "threads": threads,
+                "batch_size": batch_size,
+                "steps_per_epoch": -(-n_train // min(batch_size, n_train)),
+                "epoch_seconds_median": epoch.median,
+                "epoch_seconds_min": epoch.minimum,
+                "epoch_seconds_max": epoch.maximum,
+                "epoch_seconds_q1": epoch.q1,
+                "epoch_seconds_q3": epoch.q3,
+                "samples_per_second_median": throughput.median,
+                "samples_per_second_min": throughput.minimum,
+                "samples_per_second_max": throughput.maximum,
+                "warmup_epoch_seconds": statistics.median(warmups[(device, threads, batch_size)]),
+                "repeats": epoch.n,
+                "floor_seconds": floor_seconds,
+                "epoch_over_floor": epoch.median / floor_seconds,
+            }
+        )
     frame = pd.DataFrame(rows)
     floor_frame = pd.DataFrame(floors)
 
     result = SectionResult(key="scaling", title="Batch-size scaling against the matmul floor")
-    n_train = context.mnist.train_x.shape[0]
     result.text.append(
-        f"Steady epoch time of `train()` (lr {LR}) on the {n_train:,}-example training split: "
-        f"1 warm-up epoch excluded, then the median and spread (min-max, interquartile range) of "
-        f"{settings.scaling_repeats} timed epochs, per device and torch thread count "
-        f"(`torch.set_num_threads`, restored afterwards). The floor is one forward and one weight "
-        f"gradient over the whole split as plain matmuls (`z = X @ W.T; g = dZ.T @ X`), "
-        f"median of {settings.floor_repeats} repeats after synchronising, at the same thread "
-        f"count. Target: epoch / floor ≤ {TARGET_FLOOR_RATIO} at batch size ≥ {LARGE_BATCH}."
+        f"Steady epoch time of `train()` (lr {LR}) on the {n_train:,}-example training split, per "
+        f"device and torch thread count (`torch.set_num_threads`, restored afterwards): "
+        f"{passes} interleaved pass(es) over every configuration, each training 1 warm-up epoch "
+        f"(excluded) and {per_pass} timed epoch(s); the median and spread (min-max, "
+        f"interquartile range) of the {passes * per_pass} timed epochs are reported. The floor "
+        f"is one forward and one weight gradient over the whole split as plain matmuls "
+        f"(`z = X @ W.T; g = dZ.T @ X`), {settings.floor_repeats} repeats per pass after "
+        f"synchronising, at the same thread count, median. Target: epoch / floor ≤ "
+        f"{TARGET_FLOOR_RATIO} at batch size ≥ {LARGE_BATCH}."
     )
     for (device, threads), group in frame.groupby(["device", "threads"], sort=False):
         large = group[group.batch_size >= LARGE_BATCH]
@@ -184,7 +201,8 @@ def run(context: Context) -> SectionResult:
     result.plots += plot(frame, floor_frame, context)
     result.params = {
         "batch_sizes": " ".join(map(str, settings.batch_sizes)),
-        "repeats": str(settings.scaling_repeats),
+        "passes": str(passes),
+        "epochs_per_pass": str(per_pass),
         "floor_repeats": str(settings.floor_repeats),
         "lr": str(LR),
     }
