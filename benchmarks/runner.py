@@ -297,8 +297,9 @@ def run_suite(
             "Wall time": f"{wall:.0f} s ({wall / 60:.1f} min; estimated up front "
             f"~{estimate / 60:.1f} min)",
             "Machine load": f"1-minute load average {load_start:.2f} at the start, "
-            f"{load_end:.2f} at the end, on {os.cpu_count()} logical CPUs (other processes "
-            "share this machine; a load above the CPU count slows every figure)",
+            f"{load_end:.2f} at the end, on {os.cpu_count()} logical CPUs; it counts this run's "
+            "own threads too, and other processes sharing the CPUs slow multi-threaded figures "
+            "most",
             "Data": ", ".join(
                 f"`{d.name}` ({d.train_x.shape[0]:,} train / {d.val_x.shape[0]:,} validation / "
                 f"{d.test_x.shape[0]:,} test, checksum `{d.checksum}`)"
