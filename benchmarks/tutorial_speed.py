@@ -136,8 +136,10 @@ def run(context: Context) -> SectionResult:
     # Untimed warm-up of both code paths in this process (first-call costs of the DataLoader,
     # PIL transforms, autograd and the trainer's kernels), as the tutorial's dataset loading is.
     context.progress.line("  tutorial_speed: warm-up (untimed)")
-    warm_train = DataLoader(Subset(train_loader.dataset, range(1000)), batch_size=BATCH_SIZE)
-    warm_test = DataLoader(Subset(test_loader.dataset, range(1000)), batch_size=BATCH_SIZE)
+    warm_train, warm_test = (
+        DataLoader(Subset(loader.dataset, range(min(1000, len(loader.dataset)))), BATCH_SIZE)
+        for loader in (train_loader, test_loader)
+    )
     tutorial_epoch(warm_train, warm_test, context.device, seed=0)
     trainer_epoch(context, seed=0)
 
