@@ -76,7 +76,7 @@ class BenchConfig:
     a warm-up epoch (unset: 3, quick 1)."""
 
     rounds: int | None = None
-    """Alternating rounds of tutorial vs trainer (unset: 5, quick 1)."""
+    """Alternating rounds of tutorial vs trainer, at each thread count (unset: 3, quick 1)."""
 
     def __post_init__(self) -> None:
         require(bool(self.out), "out", self.out, "a folder path")
@@ -154,7 +154,7 @@ class Settings:
 
 FULL = Settings(
     batch_sizes=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
-    tutorial_rounds=5,
+    tutorial_rounds=3,
     scaling_passes=3,
     scaling_epochs_per_pass=2,
     floor_repeats=10,

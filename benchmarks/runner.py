@@ -64,7 +64,7 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     all_bs = sum(epoch_cost(bs, n_train) for bs in s.batch_sizes)
     bs100 = epoch_cost(100, n_train)
     cost = {
-        "tutorial_speed": s.tutorial_rounds * (115e-6 * 70000 * scale + bs100),
+        "tutorial_speed": s.tutorial_rounds * 2 * (95e-6 * 70000 * scale + bs100),
         "scaling": s.scaling_passes
         * (1 + s.scaling_epochs_per_pass)
         * all_bs

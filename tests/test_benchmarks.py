@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks.common import Spread, all_threads
 from benchmarks.config import QUICK, SECTIONS
@@ -23,6 +24,7 @@ from benchmarks.time_to_accuracy import best_lrs, median_with_misses
 SEEDS = 2
 N_BS = len(QUICK.batch_sizes)
 THREADS = len({1, all_threads()})
+TUTORIAL_THREADS = len({1, torch.get_num_threads()})  # the default count, then 1
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +42,15 @@ def read(out: Path, name: str) -> pd.DataFrame:
 
 # (table, expected row count, columns that must be there)
 EXPECTED_TABLES = [
-    ("tutorial_vs_trainer", 2, ["pipeline", "median_total_seconds", "median_train_seconds"]),
-    ("tutorial_vs_trainer_ratios", 3, ["ratio", "value"]),
+    (
+        "tutorial_vs_trainer",
+        2 * TUTORIAL_THREADS,
+        ["threads", "pipeline", "median_total_seconds", "median_train_seconds"],
+    ),
+    ("tutorial_vs_trainer_ratios", 3 * TUTORIAL_THREADS, ["threads", "ratio", "value"]),
     (
         "tutorial_vs_trainer_rounds",
-        2 * QUICK.tutorial_rounds,
+        2 * QUICK.tutorial_rounds * TUTORIAL_THREADS,
         ["round", "pipeline", "total_seconds", "test_accuracy"],
     ),
     (
@@ -198,7 +204,8 @@ def test_every_benchmark_is_an_mlflow_run(quick_run):
         assert run.data.tags["torch_version"]
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert any(path.endswith(".csv") for path in artifacts), name
-    assert "speedup_per_sample" in by_name["tutorial_speed"].data.metrics
+    speedups = [k for k in by_name["tutorial_speed"].data.metrics if k.startswith("speedup_raw")]
+    assert len(speedups) == TUTORIAL_THREADS
     plots = {a.path for a in client.list_artifacts(by_name["scaling"].info.run_id)}
     assert {"scaling_epoch_seconds.png", "scaling_throughput.png"} <= plots
     suite_files = {a.path for a in client.list_artifacts(suite[0].info.run_id)}
