@@ -54,7 +54,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import optuna
 import pandas as pd
@@ -101,9 +101,9 @@ SamplerName = Literal["tpe", "random", "grid", "gp"]
 PrunerName = Literal["none", "median", "hyperband"]
 ObjectiveName = Literal["val_accuracy", "accuracy_vs_time"]
 
-SAMPLER_CHOICES: tuple[str, ...] = ("tpe", "random", "grid", "gp")
-PRUNER_CHOICES: tuple[str, ...] = ("none", "median", "hyperband")
-OBJECTIVE_CHOICES: tuple[str, ...] = ("val_accuracy", "accuracy_vs_time")
+SAMPLER_CHOICES: tuple[str, ...] = get_args(SamplerName)
+PRUNER_CHOICES: tuple[str, ...] = get_args(PrunerName)
+OBJECTIVE_CHOICES: tuple[str, ...] = get_args(ObjectiveName)
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 SWEPT_FIELDS = ("batch_size", "lr")

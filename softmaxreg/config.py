@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
@@ -68,9 +68,9 @@ def require_choice(value: object, field_name: str, choices: tuple[str, ...]) -> 
     require(value in choices, field_name, value, f"one of {', '.join(choices)}")
 
 
-DEVICE_CHOICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-DATASET_CHOICES: tuple[str, ...] = ("mnist", "fashion_mnist", "kmnist")
-MODEL_CHOICES: tuple[str, ...] = ("logits", "tutorial_double_softmax")
+DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceName)
+DATASET_CHOICES: tuple[str, ...] = get_args(DatasetName)
+MODEL_CHOICES: tuple[str, ...] = get_args(ModelName)
 
 
 @dataclass(frozen=True)
