@@ -121,20 +121,19 @@ class TrainResult:
     def warmup_epoch_seconds(self) -> float:
         return self.epochs[0].epoch_seconds
 
+    def _steady_median(self, figure: str) -> float:
+        """Median of an epoch figure after the warm-up epoch (the warm-up one if it is alone)."""
+        steady = [m for m in self.epochs if not m.warmup] or self.epochs[:1]
+        return statistics.median(getattr(m, figure) for m in steady)
+
     @property
     def steady_epoch_seconds(self) -> float:
         """Median epoch time after the warm-up epoch (the warm-up epoch if it is the only one)."""
-        steady = [m.epoch_seconds for m in self.epochs if not m.warmup] or [
-            self.epochs[0].epoch_seconds
-        ]
-        return statistics.median(steady)
+        return self._steady_median("epoch_seconds")
 
     @property
     def steady_samples_per_second(self) -> float:
-        steady = [m.samples_per_second for m in self.epochs if not m.warmup] or [
-            self.epochs[0].samples_per_second
-        ]
-        return statistics.median(steady)
+        return self._steady_median("samples_per_second")
 
     def summary(self) -> dict[str, float]:
         """Flat summary figures, e.g. for a tracking system or a table row."""
