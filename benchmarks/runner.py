@@ -265,7 +265,9 @@ def run_suite(
             start = time.perf_counter()
             load_before = os.getloadavg()[0]
             try:
-                result = section_runner(name)(context)
+                # A benchmark that changes the thread count must not leak it into the next one.
+                with torch_threads(int(env["torch_threads"])):
+                    result = section_runner(name)(context)
             except NotMeasured as reason:
                 skipped.append((name, str(reason)))
                 progress.line(f"[{number}/{len(config.sections)}] {name}: not measured: {reason}")
@@ -275,8 +277,6 @@ def run_suite(
                 skipped.append((name, f"FAILED: {type(error).__name__}: {error}"))
                 failed = True
                 continue
-            finally:
-                torch.set_num_threads(int(env["torch_threads"]))
             result.seconds = time.perf_counter() - start
             result.load = (load_before, os.getloadavg()[0])
             result.metrics |= {
