@@ -19,9 +19,10 @@ from softmaxreg.config import DataConfig, TrainConfig
 
 
 def run(context: Context) -> SectionResult:
-    if importlib.util.find_spec("experiments.sweep") is None:
+    if importlib.util.find_spec("experiments.worker") is None:
         raise NotMeasured("experiments.sweep does not exist in this checkout")
-    from experiments.sweep import SweepConfig, run_sweep
+    from experiments.config import SweepConfig
+    from experiments.worker import run_sweep
 
     settings = context.settings
     defaults = SweepConfig()

@@ -1,13 +1,15 @@
-"""Tracking overhead: one trial with and without MLflow logging, as a fraction of the trial.
+"""Tracking overhead: one trial with and without the sweep's record keeping, as a fraction.
 
-The tracked trial logs exactly as the sweep does, through `experiments.tracking.SweepTracker`:
-create the trial's child run, train, then one batch with params, per-epoch metrics, summary and
-tags, and terminate the run. The store is a fresh SQLite file in a scratch folder, created (with
-its schema migrations and the parent run) before any timing, because that one-off cost belongs
-to the sweep, not to each trial; it is reported separately.
+The tracked trial runs exactly as a sweep's trial does: `experiments.objective.Objective` under
+`study.optimize`, storing its settings and then every epoch's figures on the Optuna trial (a
+scratch SQLite storage), with `experiments.mirror.Mirror` creating its MLflow run when it starts
+and completing it from the trial's record when it ends. Both stores are fresh SQLite files,
+created (schema, study, experiment, parent run) before any timing: that one-off cost belongs to
+the sweep, not to each trial, and is reported separately.
 
-Two figures: the wall-time difference of alternating tracked and untracked trials (medians), and
-the seconds spent inside MLflow calls as `SweepTracker.seconds` counts them (less noisy).
+Two figures: the wall-time difference of alternating tracked and untracked trials (medians),
+which includes the Optuna writes, and the seconds spent inside MLflow calls as `Mirror.seconds`
+counts them (less noisy).
 """
 
 from __future__ import annotations
@@ -15,74 +17,85 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-import uuid
 
 import pandas as pd
+from tqdm import tqdm
 
 from benchmarks.common import Context, SectionResult, Table
-from softmaxreg.config import TrainConfig
-from softmaxreg.device import environment
-from softmaxreg.trainer import EpochMetrics, TrainResult, train
+from softmaxreg.config import DataConfig, TrainConfig
+from softmaxreg.trainer import TrainResult, train
+
+BATCH_SIZE, LR = 100, 0.1
 
 
 def untracked_trial(config: TrainConfig, context: Context) -> TrainResult:
     return train(config, context.mnist)
 
 
-def tracked_trial(
-    config: TrainConfig, context: Context, tracker, number: int, tags: dict[str, str]
-) -> None:
-    """Train once and log it the way `experiments.sweep` logs a one-seed trial."""
-    from optuna.trial import TrialState
+@dataclasses.dataclass
+class TrackedStudy:
+    """A one-configuration study whose trials are run and mirrored as the sweep does it."""
 
-    from experiments.sweep import EPOCH_FIGURES, summarise
-    from experiments.tracking import now_ms
+    study: object
+    objective: object
+    tracker: object
+    mirror: object
 
-    run_id = tracker.start_trial_run(number, tags=tags)
-    epochs: list[tuple[int, int, dict[str, float]]] = []
+    def trial(self) -> None:
+        self.study.enqueue_trial({"batch_size": BATCH_SIZE, "lr": LR})
+        self.study.optimize(self.objective, n_trials=1, callbacks=[self.tracker])
 
-    def collect(metrics: EpochMetrics) -> None:
-        values = {name: float(getattr(metrics, name)) for name in EPOCH_FIGURES}
-        epochs.append((metrics.epoch, now_ms(), values))
 
-    result = train(config, context.mnist, callback=collect)
-    tracker.finish_trial_run(
-        run_id,
-        TrialState.COMPLETE,
-        params={**dataclasses.asdict(config), "trial_number": number, "seeds": str(config.seed)},
-        epoch_metrics=epochs,
-        summary=summarise([result]),
-        tags=tags,
+def open_tracked_study(config: TrainConfig, context: Context) -> TrackedStudy:
+    from experiments.config import Stores, SweepConfig
+    from experiments.objective import Objective
+    from experiments.trial_tracker import TrialTracker
+    from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror
+
+    folder = context.store_dir.resolve()
+    sweep = SweepConfig(
+        study_name="tracking-overhead",
+        batch_sizes=(BATCH_SIZE,),
+        lr_range=(LR / 2, LR * 2),
+        pruner="none",
+        quiet=True,
+        storage=f"sqlite:///{folder / 'tracking-overhead-optuna.db'}",
+        tracking_uri=f"sqlite:///{folder / 'tracking-overhead.db'}",
     )
+    stores = Stores.from_config(sweep)
+    data = context.mnist
+    study, mirror, _ = open_study_and_mirror(
+        sweep, stores, sweep.study_name, config, data, 0, context.progress.line
+    )
+    tracker = TrialTracker(study, mirror, tqdm(disable=True), context.progress.line)
+    settings = fixed_settings(sweep, DataConfig())
+    objective = Objective(
+        sweep, config, data, environment_tags(data), 0, settings, tracker.on_start
+    )
+    return TrackedStudy(study, objective, tracker, mirror)
 
 
 def run(context: Context) -> SectionResult:
-    from experiments.tracking import SweepTracker
-
     settings = context.settings
     config = TrainConfig(
         batch_size=100, lr=0.1, epochs=settings.tracking_epochs, device=context.device.type
     )
-    uri = f"sqlite:///{(context.store_dir / 'tracking-overhead.db').resolve()}"
     start = time.perf_counter()
-    tracker = SweepTracker(uri, "tracking-overhead")
-    tags = environment(context.device)
-    tracker.open_parent_run(uuid.uuid4().hex, tags=tags)
+    tracked = open_tracked_study(config, context)
     setup_seconds = time.perf_counter() - start
     # Untimed warm-up of both paths: first-call costs (imports, caches) are not per-trial costs.
-    warmup = dataclasses.replace(config, epochs=1)
-    tracked_trial(warmup, context, tracker, 0, tags)
-    untracked_trial(warmup, context)
+    tracked.trial()
+    untracked_trial(dataclasses.replace(config, epochs=1), context)
 
     rows = []
     for repeat in range(1, settings.tracking_repeats + 1):
         context.progress.line(f"  tracking_overhead: repeat {repeat}/{settings.tracking_repeats}")
         order = ("untracked", "tracked") if repeat % 2 else ("tracked", "untracked")
         for mode in order:
-            before = tracker.seconds
+            before = tracked.mirror.seconds
             start = time.perf_counter()
             if mode == "tracked":
-                tracked_trial(config, context, tracker, repeat, tags)
+                tracked.trial()
             else:
                 untracked_trial(config, context)
             rows.append(
@@ -90,10 +103,10 @@ def run(context: Context) -> SectionResult:
                     "repeat": repeat,
                     "mode": mode,
                     "trial_seconds": time.perf_counter() - start,
-                    "mlflow_seconds": tracker.seconds - before,
+                    "mlflow_seconds": tracked.mirror.seconds - before,
                 }
             )
-    tracker.finish_parent_run("FINISHED", {}, step=0)
+    tracked.mirror.finish_parent_run("FINISHED", {}, None)
     frame = pd.DataFrame(rows)
     tracked = frame[frame["mode"] == "tracked"]
     untracked = frame[frame["mode"] == "untracked"]
@@ -122,9 +135,10 @@ def run(context: Context) -> SectionResult:
     result = SectionResult(key="tracking_overhead", title="Tracking overhead")
     result.text.append(
         f"One trial (bs 100, lr 0.1, {settings.tracking_epochs} epochs) untracked and tracked "
-        f"with `experiments.tracking.SweepTracker` (one child run per trial: create, one "
-        f"`log_batch` with params + per-epoch metrics + summary + tags, terminate) on a fresh "
-        f"SQLite store; {settings.tracking_repeats} alternating repeat(s), medians. **Overhead "
+        f"the way the sweep runs it (settings and every epoch stored on the Optuna trial; the "
+        f"MLflow run created at the start and completed from the trial's record at the end: "
+        f"one `log_batch`, terminate) on fresh SQLite stores; "
+        f"{settings.tracking_repeats} alternating repeat(s), medians. **Overhead "
         f"{call_fraction:.1%} of a trial by time inside MLflow calls ({mlflow_median * 1000:.0f} "
         f"ms), {wall_fraction:+.1%} by wall-time difference** (noisier: it includes the "
         f"machine's jitter). One-off store set-up: {setup_seconds:.2f} s."

@@ -76,6 +76,7 @@ Best-per-batch-size columns (`experiments.results.BEST_PER_BATCH_SIZE_COLUMNS`):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from experiments.config import STUDY_NAME_PATTERN, normalise_tracking
 from experiments.results import (
     best_per_batch_size,
     best_per_batch_size_markdown,
@@ -95,14 +97,16 @@ from experiments.stores import (
     DEFAULT_OPTUNA_STORAGE,
     DEFAULT_TRACKING_URI,
     StoreError,
+    absolute_sqlite_url,
     check_optuna_storage,
     check_tracking_uri,
     display_url,
+    normalise_sql_url,
     parse_sql_url,
     store_exists,
     validate_tracking_uri,
 )
-from experiments.sweep import STUDY_NAME_PATTERN, open_storage
+from experiments.study import open_storage
 from experiments.tracking import search_trial_runs
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import require
@@ -151,6 +155,10 @@ class ExportConfig:
     def best_markdown(self) -> Path:
         return self.best_csv.with_suffix(".md")
 
+    @property
+    def outputs(self) -> list[Path]:
+        return [Path(self.out), self.best_csv, self.best_markdown]
+
 
 @dataclass
 class Export:
@@ -170,7 +178,7 @@ def load_study(config: ExportConfig) -> optuna.Study:
     """The study to export, without creating any store to find out it is not there."""
     if not store_exists(config.storage):
         raise ExportError(f"--storage {config.storage}: no such database file")
-    storage = open_storage(config.storage)
+    storage = open_storage(normalise_sql_url(absolute_sqlite_url(config.storage)))
     names = sorted(s.study_name for s in storage.get_all_studies())
     if config.study_name not in names:
         raise ExportError(
@@ -185,6 +193,11 @@ def check_export(config: ExportConfig) -> None:
     folder = Path(config.out).parent
     if not folder.is_dir():
         raise ExportError(f"--out {config.out}: folder {folder.resolve()} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ExportError(f"--out {config.out}: folder {folder.resolve()} is not writable")
+    for path in config.outputs:
+        if path.exists() and not path.is_file():
+            raise ExportError(f"--out {config.out}: {path.resolve()} exists and is not a file")
     check_optuna_storage(config.storage, "--storage")
     check_tracking_uri(config.tracking_uri, "--tracking-uri")
     if not store_exists(config.tracking_uri):
@@ -195,7 +208,11 @@ def export_study(config: ExportConfig) -> Export:
     """Join the study's trials with their MLflow runs and write the tables (atomically)."""
     check_export(config)
     study = load_study(config)
-    runs = search_trial_runs(config.tracking_uri, config.study_name)
+    runs = search_trial_runs(
+        normalise_tracking(config.tracking_uri),
+        config.study_name,
+        study.user_attrs.get("study_uuid", ""),
+    )
     notes = []
     if runs.empty and study.trials:
         notes.append(
@@ -205,10 +222,13 @@ def export_study(config: ExportConfig) -> Export:
         )
     trials = trials_table(study, runs)
     best = best_per_batch_size(trials)
-    write_csv_atomically(trials, Path(config.out))
-    write_csv_atomically(best, config.best_csv)
-    write_text_atomically(config.best_markdown, best_per_batch_size_markdown(best))
-    return Export(trials, best, [Path(config.out), config.best_csv, config.best_markdown], notes)
+    try:
+        write_csv_atomically(trials, Path(config.out))
+        write_csv_atomically(best, config.best_csv)
+        write_text_atomically(config.best_markdown, best_per_batch_size_markdown(best))
+    except OSError as error:
+        raise ExportError(f"--out {config.out}: cannot write: {error}") from error
+    return Export(trials, best, config.outputs, notes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

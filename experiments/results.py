@@ -20,6 +20,8 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from experiments.objective import fail_reason
+from experiments.tracking import TRIAL_NUMBER_TAG
 from softmaxreg.data import write_atomically
 
 TRIAL_COLUMNS: dict[str, str] = {
@@ -79,9 +81,8 @@ BEST_PER_BATCH_SIZE_COLUMNS: dict[str, str] = {
 }
 """Columns of the best-learning-rate-per-batch-size table, in order, with their meaning."""
 
-# Figures every trial logs to MLflow as summary metrics and to Optuna as user attributes, under
-# the same names as their table columns.
-SUMMARY_FIGURES = (
+# Summary figures (user attributes in Optuna, metrics in MLflow) that are table columns.
+SUMMARY_COLUMNS = (
     "best_val_accuracy",
     "best_val_accuracy_std",
     "test_accuracy_at_best_val",
@@ -93,7 +94,7 @@ SUMMARY_FIGURES = (
     "steady_samples_per_second",
     "epochs_completed",
 )
-# Trial settings logged as MLflow params (strings) and converted back for the table.
+# Trial settings (user attribute `settings`, MLflow params as strings) that are table columns.
 SETTING_COLUMNS: dict[str, Callable[[str], object]] = {
     "target_accuracy": float,
     "epochs": int,
@@ -118,26 +119,30 @@ def _optuna_row(study_name: str, trial: optuna.trial.FrozenTrial) -> dict[str, o
         "lr": trial.params.get("lr"),
         "objective_value": values[0] if len(values) >= 1 else math.nan,
         "objective_value_2": values[1] if len(values) >= 2 else math.nan,
-        "fail_reason": attrs.get("fail_reason") or trial.system_attrs.get("fail_reason") or "",
+        "fail_reason": fail_reason(trial),
         "trial_seconds": trial.duration.total_seconds() if trial.duration else math.nan,
         "datetime_start": trial.datetime_start.isoformat() if trial.datetime_start else "",
-        "mlflow_run_id": attrs.get("mlflow_run_id", ""),
+        "mlflow_run_id": "",
     }
-    # User attributes carry the same figures as MLflow; they fill in where a run is missing.
+    # The trial's record is the source of truth; MLflow's copy fills the same columns.
     settings = attrs.get("settings") or {}
-    for name in SUMMARY_FIGURES:
+    for name in SUMMARY_COLUMNS:
         value = attrs.get(name)
         row[name] = math.nan if value is None else value
     for name in SETTING_COLUMNS:
         row[name] = settings.get(name, math.nan)
+    environment = attrs.get("environment") or {}
     for name in ENVIRONMENT_COLUMNS:
-        row[name] = ""
+        row[name] = environment.get(name, "")
     return row
 
 
 def _mlflow_row(run: pd.Series) -> dict[str, object]:
-    row: dict[str, object] = {"mlflow_status": run.get("status", "")}
-    for name in SUMMARY_FIGURES:
+    row: dict[str, object] = {
+        "mlflow_status": run.get("status", ""),
+        "mlflow_run_id": run["run_id"],
+    }
+    for name in SUMMARY_COLUMNS:
         value = run.get(f"metrics.{name}")
         if value is not None and not pd.isna(value):
             row[name] = float(value)
@@ -153,26 +158,31 @@ def _mlflow_row(run: pd.Series) -> dict[str, object]:
 
 
 def trials_table(study: optuna.Study, runs: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per trial of `study`, joined with its MLflow run (by `mlflow_run_id`).
+    """One row per trial of `study`, joined with its MLflow run (by trial number).
 
-    `runs` is `mlflow.search_runs(...)`'s frame for the study's experiment (or None/empty when
-    no tracking store is available); MLflow's figures win where both sources have one.
+    `runs` is `experiments.tracking.search_trial_runs`'s frame for the study (or None/empty when
+    no tracking store is available). Both sources hold the same figures, since every run is
+    rebuilt from its trial; the trial's own record fills the columns of a run not mirrored yet.
     """
-    runs_by_id: dict[str, pd.Series] = {}
+    runs_by_number: dict[int, pd.Series] = {}
     if runs is not None and not runs.empty:
-        runs_by_id = {row["run_id"]: row for _, row in runs.iterrows()}
+        ordered = runs.sort_values(["start_time", "run_id"], ascending=True)
+        for _, run in ordered.iterrows():
+            number = run.get(f"tags.{TRIAL_NUMBER_TAG}")
+            if isinstance(number, str) and number.isdigit():
+                runs_by_number.setdefault(int(number), run)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         row = _optuna_row(study.study_name, trial)
         row["mlflow_status"] = ""
-        run = runs_by_id.get(str(row["mlflow_run_id"]))
+        run = runs_by_number.get(trial.number)
         if run is not None:
             row.update(_mlflow_row(run))
         rows.append(row)
     table = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     for name in INTEGER_COLUMNS:
         table[name] = pd.to_numeric(table[name], errors="coerce").astype("Int64")
-    for name in (*SUMMARY_FIGURES, "lr", "objective_value", "objective_value_2", "trial_seconds"):
+    for name in (*SUMMARY_COLUMNS, "lr", "objective_value", "objective_value_2", "trial_seconds"):
         if name != "epochs_completed":
             table[name] = pd.to_numeric(table[name], errors="coerce").astype("float64")
     return table.sort_values("trial_number", kind="stable").reset_index(drop=True)

@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -60,10 +61,19 @@ def parse_sql_url(url: str, field_name: str) -> URL:
             f"{field_name}={url!r} is invalid: expected a database URL such as "
             f"sqlite:///optuna.db or postgresql://user@host/db ({error})"
         ) from error
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ConfigError(
+                f"{field_name}={url!r} is invalid: expected a SQLite file such as "
+                "sqlite:///file.db (an in-memory database would lose every result when the "
+                "process ends)"
+            )
+    elif not parsed.host or not parsed.database:
+        # libpq and friends would silently fill these in from the environment (a local socket,
+        # a database named after the user), writing the study somewhere nobody asked for.
         raise ConfigError(
-            f"{field_name}={url!r} is invalid: expected a SQLite file such as sqlite:///file.db "
-            "(an in-memory database would lose every result when the process ends)"
+            f"{field_name}={url!r} is invalid: expected a host and a database name, as in "
+            f"{parsed.get_backend_name()}://user@host:port/database"
         )
     return parsed
 
@@ -72,6 +82,19 @@ def validate_tracking_uri(uri: str, field_name: str) -> None:
     """Syntax check of an MLflow tracking URI: a database URL or an http(s) server (no I/O)."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in SERVER_SCHEMES:
+        try:
+            parts = urllib.parse.urlsplit(uri)
+            host, _ = parts.hostname, parts.port  # .port raises on a malformed port
+        except ValueError as error:
+            raise ConfigError(
+                f"{field_name}={uri!r} is invalid: expected a server URL such as "
+                f"http://127.0.0.1:5000 ({error})"
+            ) from error
+        if not host:
+            raise ConfigError(
+                f"{field_name}={uri!r} is invalid: expected a server URL with a host, such as "
+                "http://127.0.0.1:5000"
+            )
         return
     if scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
         parse_sql_url(uri, field_name)
@@ -83,9 +106,14 @@ def validate_tracking_uri(uri: str, field_name: str) -> None:
     )
 
 
+def is_server_uri(uri: str) -> bool:
+    """True for an MLflow tracking server (http or https), False for a database URL."""
+    return uri.split("://", 1)[0].lower() in SERVER_SCHEMES
+
+
 def display_url(url: str) -> str:
     """`url` with any password masked, for messages and tags."""
-    if "://" in url and url.split("://", 1)[0].lower() not in SERVER_SCHEMES:
+    if "://" in url and not is_server_uri(url):
         try:
             return make_url(url).render_as_string(hide_password=True)
         except (ArgumentError, ValueError):
@@ -107,7 +135,7 @@ def normalise_sql_url(url: str) -> str:
 
 def normalise_tracking_uri(uri: str) -> str:
     """`normalise_sql_url` for database tracking URIs; server URIs unchanged."""
-    if uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+    if is_server_uri(uri):
         return uri
     return normalise_sql_url(uri)
 
@@ -186,7 +214,7 @@ def check_optuna_storage(url: str, flag: str = "--storage") -> None:
 
 def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
     """Raise `StoreError` unless MLflow can track to `uri` (a database or a live server)."""
-    if uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+    if is_server_uri(uri):
         health = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT_SECONDS) as response:
@@ -203,7 +231,7 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
 
 def absolute_sqlite_url(url: str) -> str:
     """A relative `sqlite:///file.db` made absolute, so it works from any folder."""
-    path = sqlite_file(url) if "://" in url and not url.startswith(SERVER_SCHEMES) else None
+    path = sqlite_file(url) if "://" in url and not is_server_uri(url) else None
     if path is None or path.is_absolute():
         return url
     return f"{url.split(':', 1)[0]}:///{path.resolve()}"
@@ -211,7 +239,7 @@ def absolute_sqlite_url(url: str) -> str:
 
 def mlflow_ui_command(tracking_uri: str) -> str:
     """The exact command that opens the MLflow UI on `tracking_uri`."""
-    if tracking_uri.split("://", 1)[0].lower() in SERVER_SCHEMES:
+    if is_server_uri(tracking_uri):
         return f"open {tracking_uri} in a browser (the MLflow server is already running)"
     store = display_url(absolute_sqlite_url(tracking_uri))
     return f"{mlflow_executable()} ui --backend-store-uri {store}"

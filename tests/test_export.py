@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import statistics
+import subprocess
 
 import optuna
 import pandas as pd
@@ -12,9 +14,10 @@ import pytest
 from mlflow import MlflowClient
 
 import experiments.export
+from experiments.config import SweepConfig
 from experiments.export import main
 from experiments.results import BEST_PER_BATCH_SIZE_COLUMNS, TRIAL_COLUMNS
-from experiments.sweep import SweepConfig, run_sweep
+from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
 
 
@@ -85,7 +88,8 @@ def test_export_writes_one_documented_row_per_trial(finished_sweep, tmp_path, ca
     study = optuna.load_study(study_name="export-study", storage=stores["storage"])
     client = MlflowClient(stores["tracking_uri"])
     for trial, (_, row) in zip(study.trials, table.iterrows(), strict=True):
-        assert row["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"]
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.data.tags["optuna.trial_number"] == str(trial.number)
         assert row["batch_size"] == trial.params["batch_size"]
         if trial.state.name != "COMPLETE":
             continue
@@ -146,3 +150,23 @@ def test_export_errors_exit_2_and_create_nothing(finished_sweep, tmp_path, capsy
     assert "does not exist" in capsys.readouterr().err
     assert export(stores, tmp_path / "results.txt", capsys) == 2
     assert list(tmp_path.iterdir()) == []
+    # Onto a directory, or into a folder nobody may write: exit 2, no traceback, nothing written.
+    (tmp_path / "taken.csv").mkdir()
+    assert export(stores, tmp_path / "taken.csv", capsys) == 2
+    assert "exists and is not a file" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions: make the folder read-only instead
+        subprocess.run(["chattr", "+i", str(locked)], check=False)
+    try:
+        if not os.access(locked, os.W_OK) or _immutable(locked):
+            assert export(stores, locked / "results.csv", capsys) == 2
+            assert "locked" in capsys.readouterr().err
+        assert list(locked.iterdir()) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=False)
+
+
+def _immutable(folder) -> bool:
+    probe = subprocess.run(["lsattr", "-d", str(folder)], capture_output=True, text=True)
+    return probe.returncode == 0 and "i" in probe.stdout.split()[0]

@@ -3,43 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from experiments.config import SweepConfig
 from experiments.export import main as export_main
 from experiments.stores import mlflow_ui_command
-from experiments.sweep import SweepConfig, run_sweep
+from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
-
-MLFLOW = Path(sys.executable).parent / "mlflow"
-STARTUP_SECONDS = 120  # a cold start imports MLflow's server stack; bounded so CI cannot hang
-
-
-def initialised_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database whose schema is created once per session (see test_sweep)."""
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(exist_ok=True)
-        MlflowClient(f"sqlite:///{template}").search_experiments()
-    return template
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.services import MlflowServer, copy_mlflow_db
 
 
 def get_json(url: str) -> dict:
@@ -63,51 +39,9 @@ def mlflow_server(tmp_path, tmp_path_factory):
     """`mlflow server` on a free port, with its own SQLite store; always stopped afterwards."""
     server_dir = tmp_path / "server"
     server_dir.mkdir()
-    shutil.copyfile(initialised_mlflow_db(tmp_path_factory), server_dir / "mlflow.db")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (server_dir / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(MLFLOW),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{server_dir / 'mlflow.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=server_dir,  # artifacts it serves go to ./mlartifacts here
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so its workers stop with it
-    )
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited:\n{(server_dir / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {STARTUP_SECONDS} s")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
-        log.close()
+    copy_mlflow_db(tmp_path_factory, server_dir / "mlflow.db")
+    with MlflowServer(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir) as server:
+        yield server.url
 
 
 def test_sweep_through_a_tracking_server_and_list_runs_over_rest(

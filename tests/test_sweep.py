@@ -8,7 +8,7 @@ temporary one, because MLflow puts artifacts in ./mlruns beside the tracking dat
 from __future__ import annotations
 
 import _thread
-import shutil
+import json
 import socket
 import sqlite3
 import subprocess
@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -25,35 +26,23 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
+from experiments.config import SweepConfig
+from experiments.export import main as export_main
 from experiments.results import best_per_batch_size, best_per_batch_size_markdown
-from experiments.sweep import (
-    SameBatchSizeMedianPruner,
-    SweepConfig,
-    build_parser,
-    main,
-    open_storage,
-    run_sweep,
-)
+from experiments.study import SameBatchSizeMedianPruner, open_storage
+from experiments.sweep import build_parser, main
+from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
+from tests.services import copy_mlflow_db
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU = TrainConfig(epochs=2, device="cpu")
 
 
-def initialised_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLflow SQLite database with its schema created once per session (migrations take
-    seconds); tests copy it instead of migrating a new one each time."""
-    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
-    if not template.exists():
-        template.parent.mkdir(exist_ok=True)
-        MlflowClient(f"sqlite:///{template}").search_experiments()
-    return template
-
-
 @pytest.fixture
 def stores(tmp_path, tmp_path_factory, monkeypatch) -> dict[str, str]:
     """Fresh Optuna and MLflow SQLite stores in tmp_path, which is also the working folder."""
-    shutil.copyfile(initialised_mlflow_db(tmp_path_factory), tmp_path / "mlflow.db")
+    copy_mlflow_db(tmp_path_factory, tmp_path / "mlflow.db")
     monkeypatch.chdir(tmp_path)
     return {
         "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -72,6 +61,17 @@ def sweep_config(stores: dict[str, str], **overrides) -> SweepConfig:
         **overrides,
     }
     return SweepConfig(**settings)
+
+
+def child_runs(client: MlflowClient, experiment_name: str) -> dict[int, object]:
+    """Trial runs by trial number, found as the mirror finds them: by their tags (exactly one
+    each)."""
+    by_number: dict[int, object] = {}
+    for run in runs_by_role(client, experiment_name)["trial"]:
+        number = int(run.data.tags["optuna.trial_number"])
+        assert number not in by_number, f"trial {number} has two runs"
+        by_number[number] = run
+    return by_number
 
 
 def runs_by_role(client: MlflowClient, experiment_name: str) -> dict[str, list]:
@@ -98,9 +98,9 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert len(study.trials) == 3
-    child_by_id = {r.info.run_id: r for r in children}
+    child_by_number = child_runs(client, "test-study")
     for trial in study.trials:
-        run = child_by_id[trial.user_attrs["mlflow_run_id"]]
+        run = child_by_number[trial.number]
         assert run.info.run_name == f"trial-{trial.number}"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and trial.state == TrialState.COMPLETE
@@ -170,9 +170,8 @@ def test_pruned_and_diverged_trials_get_their_own_mlflow_status(stores, syntheti
     client = MlflowClient(stores["tracking_uri"])
     runs = runs_by_role(client, "test-study")
     assert len(runs["study"]) == 1
-    by_id = {r.info.run_id: r for r in runs["trial"]}
-    pruned = study.trials[2]
-    pruned_run = by_id[pruned.user_attrs["mlflow_run_id"]]
+    by_number = child_runs(client, "test-study")
+    pruned_run = by_number[2]
     assert pruned_run.info.status == "KILLED"
     assert pruned_run.data.tags["optuna.pruned"] == "true"
     assert pruned_run.data.tags["optuna.trial_state"] == "PRUNED"
@@ -182,12 +181,12 @@ def test_pruned_and_diverged_trials_get_their_own_mlflow_status(stores, syntheti
 
     for failed in study.trials[3:]:
         assert "diverged" in failed.user_attrs["fail_reason"]
-        run = by_id[failed.user_attrs["mlflow_run_id"]]
+        run = by_number[failed.number]
         assert run.info.status == "FAILED"
         assert run.data.tags["optuna.trial_state"] == "FAIL"
         assert "diverged at epoch 1" in run.data.tags["optuna.fail_reason"]
 
-    complete = [by_id[t.user_attrs["mlflow_run_id"]] for t in study.trials[:2]]
+    complete = [by_number[t.number] for t in study.trials[:2]]
     assert all(r.info.status == "FINISHED" and "optuna.pruned" not in r.data.tags for r in complete)
 
 
@@ -294,6 +293,14 @@ BAD_FLAGS = [
     (["--tracking-uri", "http://127.0.0.1:{port}"], "no MLflow server"),
     (["--epochs", "0"], "--epochs"),
     (["--tracking-uri", "sqlite:///optuna.db"], "cannot share one"),
+    (["--tracking-uri", "sqlite:///./optuna.db"], "cannot share one"),
+    (["--storage", "postgresql://"], "expected a host and a database name"),
+    (["--storage", "postgresql://postgres@127.0.0.1"], "expected a host and a database name"),
+    (["--tracking-uri", "http://[::1"], "--tracking-uri"),
+    (["--tracking-uri", "http://"], "with a host"),
+    (["--workers", "0"], "--workers"),
+    (["--heartbeat-seconds", "0"], "--heartbeat-seconds"),
+    (["--tracking-wait-seconds", "-1"], "--tracking-wait-seconds"),
 ]
 
 
@@ -413,8 +420,9 @@ def test_postgresql_as_optuna_storage(stores, synthetic_splits):
         reloaded = optuna.load_study(study_name=name, storage=outcome.study._storage)
         assert len(reloaded.trials) == 2
         client = MlflowClient(stores["tracking_uri"])
+        runs = child_runs(client, name)
         for trial in reloaded.trials:
-            run = client.get_run(trial.user_attrs["mlflow_run_id"])
+            run = runs[trial.number]
             assert run.info.run_name == f"trial-{trial.number}"
             assert run.data.tags["optuna.study_name"] == name
     finally:
@@ -433,42 +441,83 @@ def test_grid_sampler_with_hyperband_covers_the_grid_once(stores, synthetic_spli
     assert config.grid_learning_rates() == pytest.approx([0.05, 1.0])
 
 
-def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits):
-    """Ctrl-C mid-trial: finished trials stay, the open child run and the parent are closed."""
-    long_trials = TrainConfig(epochs=40, device="cpu")  # a trial lasts a couple of seconds
-    config = sweep_config(stores, n_trials=20, batch_sizes=(32,), pruner="none")
-    storage = stores["storage"]
-    database = Path(storage.removeprefix("sqlite:///"))
+def recorded_epochs(database: Path, trial_number: int) -> int:
+    """Epochs the sweep has stored on a trial so far, read with plain read-only SQL (a second
+    Optuna storage in this process would race the sweep for the schema)."""
+    query = (
+        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id WHERE t.number = ? AND a.key = 'epochs'"
+    )
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            rows = db.execute(query, (trial_number,)).fetchall()
+    except sqlite3.Error:  # no database or no tables yet
+        return 0
+    return len(json.loads(rows[0][0]).get("step", [])) if rows else 0
 
-    def interrupt_during_second_trial() -> None:
-        # Read-only SQL on Optuna's tables: opening a second Optuna storage while the sweep
-        # creates the database would race it for the schema.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            time.sleep(0.1)
-            try:
-                with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-                    states = [row[0] for row in db.execute("SELECT state FROM trials")]
-            except sqlite3.Error:  # no database or no tables yet
-                continue
-            if len(states) >= 2 and states[-1] == "RUNNING":
-                time.sleep(0.3)  # let it train for a moment
-                _thread.interrupt_main()  # what Ctrl-C does: KeyboardInterrupt in the main thread
-                return
 
-    watcher = threading.Thread(target=interrupt_during_second_trial, daemon=True)
+def interrupt_once_trial_has_trained(database: Path, trial_number: int) -> None:
+    """Ctrl-C (KeyboardInterrupt in the main thread) once the trial has stored an epoch: an
+    event, not a wall-clock guess, so a fast or a slow machine interrupts the same trial."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if recorded_epochs(database, trial_number) >= 1:
+            _thread.interrupt_main()
+            return
+        time.sleep(0.02)
+
+
+def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits, tmp_path):
+    """Ctrl-C mid-trial: finished trials stay, the interrupted one is FAIL with its reason,
+    its run and the parent are closed, and the export shows the reason."""
+    config = sweep_config(stores, n_trials=1, batch_sizes=(32,), pruner="none")
+    run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    endless = TrainConfig(epochs=100_000, device="cpu")  # only the interrupt ends this trial
+    database = Path(stores["storage"].removeprefix("sqlite:///"))
+    watcher = threading.Thread(
+        target=interrupt_once_trial_has_trained, args=(database, 1), daemon=True
+    )
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(config, long_trials, DataConfig(), synthetic_splits, log=lambda _: None)
+        run_sweep(replace(config, n_trials=5), endless, DataConfig(), synthetic_splits,
+                  log=lambda _: None)  # fmt: skip
     watcher.join(timeout=5)
 
-    study = optuna.load_study(study_name="test-study", storage=storage)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert study.trials[1].user_attrs["fail_reason"] == "interrupted by Ctrl-C (SIGINT)"
     client = MlflowClient(stores["tracking_uri"])
     runs = runs_by_role(client, "test-study")
     assert runs["study"][0].info.status == "KILLED"
-    statuses = {r.info.run_name: r.info.status for r in runs["trial"]}
-    assert statuses == {"trial-0": "FINISHED", "trial-1": "FAILED"}
-    interrupted = next(r for r in runs["trial"] if r.info.run_name == "trial-1")
-    assert interrupted.data.tags["optuna.fail_reason"] == "interrupted"
-    assert client.get_metric_history(interrupted.info.run_id, "val_accuracy")  # epochs so far
+    by_number = child_runs(client, "test-study")
+    assert {n: r.info.status for n, r in by_number.items()} == {0: "FINISHED", 1: "FAILED"}
+    assert by_number[1].data.tags["optuna.fail_reason"] == "interrupted by Ctrl-C (SIGINT)"
+    assert client.get_metric_history(by_number[1].info.run_id, "val_accuracy")  # epochs so far
+
+    out = tmp_path / "interrupted.csv"
+    argv = ["--study-name", "test-study", "--out", str(out), "--storage", stores["storage"],
+            "--tracking-uri", stores["tracking_uri"]]  # fmt: skip
+    assert export_main(argv) == 0
+    table = pd.read_csv(out)
+    assert list(table["fail_reason"].fillna("")) == ["", "interrupted by Ctrl-C (SIGINT)"]
+    assert list(table["mlflow_status"]) == ["FINISHED", "FAILED"]
+
+
+def test_resuming_with_other_batch_sizes_exits_2_and_adds_no_trial(
+    stores, synthetic_splits, tmp_path, capsys
+):
+    run_sweep(sweep_config(stores, n_trials=1), CPU, DataConfig(), synthetic_splits,
+              log=lambda _: None)  # fmt: skip
+    for attempt in range(2):
+        argv = ["--study-name", "test-study", "--batch-sizes", "32", "512",
+                "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"],
+                "--data-root", str(tmp_path / "data")]  # fmt: skip
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2, attempt
+        message = capsys.readouterr().err
+        assert "chooses batch sizes 32 128" in message
+        assert "--batch-sizes 32 128" in message and "--study-name test-study-bs32-512" in message
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # no empty FAIL trials
+    assert not (tmp_path / "data").exists()

@@ -1,0 +1,296 @@
+"""The sweep's settings: `SweepConfig` (every flag, with its default) and `Stores` (typed URLs).
+
+    sweep = SweepConfig(n_trials=10, workers=2)      # validates every value, names a bad one
+    stores = Stores.from_config(sweep)               # normalised once: absolute SQLite paths,
+    stores.optuna_url, stores.tracking_uri           # a PostgreSQL driver that is installed
+
+Parsing and normalising happen here, once; the rest of the sweep receives `Stores` and never
+re-reads a URL string. Nothing here touches a file, a database or the network.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from experiments.stores import (
+    DEFAULT_OPTUNA_STORAGE,
+    DEFAULT_TRACKING_URI,
+    absolute_sqlite_url,
+    display_url,
+    is_server_uri,
+    normalise_sql_url,
+    parse_sql_url,
+    sqlite_file,
+    validate_tracking_uri,
+)
+from softmaxreg.config import DataConfig, require, require_int
+
+SamplerName = Literal["tpe", "random", "grid", "gp"]
+PrunerName = Literal["none", "median", "hyperband"]
+ObjectiveName = Literal["val_accuracy", "accuracy_vs_time"]
+
+SAMPLER_CHOICES: tuple[str, ...] = get_args(SamplerName)
+PRUNER_CHOICES: tuple[str, ...] = get_args(PrunerName)
+OBJECTIVE_CHOICES: tuple[str, ...] = get_args(ObjectiveName)
+STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+WORKER_SEED_STRIDE = 1_000_003
+"""Sampler seeds of different workers are this far apart (a prime), so no two workers of a study
+draw the same sequence; worker k of a study seeded s uses s + k * stride."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The study: which settings to try, how to choose them, and where results are kept."""
+
+    study_name: str = ""
+    """Optuna study and MLflow experiment name; running again with the same name resumes the
+    study. Empty means softmaxreg-<dataset> (plus -accuracy-vs-time for that objective)."""
+
+    n_trials: int = 40
+    """Trials to run in this invocation (added to any the study already has), shared between
+    --workers."""
+
+    timeout: float = 0.0
+    """Stop starting new trials after this many seconds; 0 means no time limit."""
+
+    batch_sizes: tuple[int, ...] = (16, 64, 256, 1024)
+    """Batch sizes to choose from (categorical). Compared at their own best learning rate. A
+    study keeps the choices it was created with."""
+
+    lr_range: tuple[float, float] = (0.003, 1.0)
+    """Learning-rate search range, sampled on a log scale."""
+
+    sampler: SamplerName = "tpe"
+    """Optuna sampler: tpe (Bayesian, the default), random, grid (every batch size × grid_lr_points
+    log-spaced learning rates, each run once across all workers), gp (Gaussian process)."""
+
+    grid_lr_points: int = 6
+    """Learning rates per batch size for --sampler grid, log-spaced over lr_range."""
+
+    sampler_seed: int = 0
+    """Seed of the sampler. Worker k uses sampler_seed + k * 1000003, and on resume the seed is
+    offset by the trials already run, so no two workers and no two invocations repeat a draw."""
+
+    pruner: PrunerName = "median"
+    """Stop unpromising trials early: median (against COMPLETE trials of the same batch size, from
+    epoch 2), hyperband, or none. Must be none for --objective accuracy_vs_time."""
+
+    objective: ObjectiveName = "val_accuracy"
+    """val_accuracy: maximise validation accuracy. accuracy_vs_time: also minimise
+    time-to-accuracy (seconds to reach --target-accuracy; +inf if never reached)."""
+
+    repeats: int = 1
+    """Seeds trained per configuration (seed, seed+1, ...); the objective is their mean."""
+
+    workers: int = 1
+    """Worker processes on this machine, all running trials of the same study through its
+    storage. Each gets max(1, cores // workers) torch threads, so the cores are not
+    oversubscribed."""
+
+    worker_id: int = 0
+    """Number of the first worker started by this command: it seeds that worker's sampler and is
+    recorded on its trials. On several machines sharing a study, give each its own range (the
+    second machine of two running 4 workers each: --worker-id 4)."""
+
+    heartbeat_seconds: int = 10
+    """Each running trial records a heartbeat this often; a trial silent for 3 heartbeats (its
+    worker was killed or preempted) is marked FAIL by the next worker or reconcile."""
+
+    retries: int = 1
+    """Times a trial whose worker died is queued again for another worker (same batch size and
+    learning rate); 0 leaves it FAIL."""
+
+    tracking_wait_seconds: float = 60.0
+    """How long to keep retrying an unreachable MLflow store before the worker stops with exit
+    status 1. Finished trials are safe in Optuna; the next start or `python -m
+    experiments.reconcile` copies them to MLflow."""
+
+    storage: str = DEFAULT_OPTUNA_STORAGE
+    """Optuna storage URL (SQLAlchemy), the study's source of truth: sqlite:///optuna.db is one
+    file in the current folder; postgresql://user@host/db shares a study between machines."""
+
+    tracking_uri: str = DEFAULT_TRACKING_URI
+    """MLflow tracking URI, a mirror of the study that can be rebuilt from it: a database
+    (sqlite:///mlflow.db, MLflow's default; artifacts go to ./mlruns) or a tracking server
+    (http://host:port)."""
+
+    quiet: bool = False
+    """Silence the progress bar and Optuna's per-trial log lines; the final report still prints."""
+
+    def __post_init__(self) -> None:
+        require(
+            isinstance(self.study_name, str)
+            and (self.study_name == "" or STUDY_NAME_PATTERN.fullmatch(self.study_name)),
+            "study_name",
+            self.study_name,
+            "letters, digits, '.', '_' or '-' (at most 100, starting with a letter or digit)",
+        )
+        require_int(self.n_trials, "n_trials", 1)
+        require_seconds(self.timeout, "timeout", "a finite number of seconds >= 0 (0: no limit)")
+        require(
+            isinstance(self.batch_sizes, tuple) and len(self.batch_sizes) > 0,
+            "batch_sizes",
+            self.batch_sizes,
+            "at least one batch size",
+        )
+        for batch_size in self.batch_sizes:
+            require_int(batch_size, "batch_sizes", 1)
+        require(
+            len(set(self.batch_sizes)) == len(self.batch_sizes),
+            "batch_sizes",
+            self.batch_sizes,
+            "distinct batch sizes",
+        )
+        require(
+            isinstance(self.lr_range, tuple)
+            and len(self.lr_range) == 2
+            and all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.lr_range
+            )
+            and self.lr_range[0] < self.lr_range[1],
+            "lr_range",
+            self.lr_range,
+            "MIN MAX with 0 < MIN < MAX (sampled on a log scale)",
+        )
+        require(self.sampler in SAMPLER_CHOICES, "sampler", self.sampler, "tpe, random, grid, gp")
+        require_int(self.grid_lr_points, "grid_lr_points", 1)
+        require_int(self.sampler_seed, "sampler_seed", 0)
+        require(self.pruner in PRUNER_CHOICES, "pruner", self.pruner, "none, median, hyperband")
+        require(
+            self.objective in OBJECTIVE_CHOICES,
+            "objective",
+            self.objective,
+            "val_accuracy or accuracy_vs_time",
+        )
+        require(
+            self.objective != "accuracy_vs_time" or self.pruner == "none",
+            "pruner",
+            self.pruner,
+            "none with --objective accuracy_vs_time (Optuna cannot prune multi-objective "
+            "studies): add --pruner none",
+        )
+        require_int(self.repeats, "repeats", 1)
+        require_int(self.workers, "workers", 1)
+        require_int(self.worker_id, "worker_id", 0)
+        require_int(self.heartbeat_seconds, "heartbeat_seconds", 1)
+        require_int(self.retries, "retries", 0)
+        require_seconds(self.tracking_wait_seconds, "tracking_wait_seconds", "seconds >= 0")
+        require(isinstance(self.storage, str), "storage", self.storage, "a database URL")
+        parse_sql_url(self.storage, "storage")
+        require(isinstance(self.tracking_uri, str), "tracking_uri", self.tracking_uri, "a URI")
+        validate_tracking_uri(self.tracking_uri, "tracking_uri")
+        require(isinstance(self.quiet, bool), "quiet", self.quiet, "true or false")
+        Stores.from_config(self)  # the two stores must be two different databases
+
+    @property
+    def multi_objective(self) -> bool:
+        return self.objective == "accuracy_vs_time"
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize", "minimize"] if self.multi_objective else ["maximize"]
+
+    @property
+    def grace_seconds(self) -> int:
+        """Silence after which a running trial's worker counts as dead."""
+        return 3 * self.heartbeat_seconds
+
+    def grid_learning_rates(self) -> list[float]:
+        low, high = self.lr_range
+        if self.grid_lr_points == 1:
+            return [math.sqrt(low * high)]
+        ratio = (high / low) ** (1 / (self.grid_lr_points - 1))
+        # The last point is set exactly, so float error cannot push it past the range.
+        return [low * ratio**i for i in range(self.grid_lr_points - 1)] + [high]
+
+    def grid_size(self) -> int:
+        return len(self.batch_sizes) * self.grid_lr_points
+
+    def worker_seed(self, worker_id: int, existing_trials: int) -> int:
+        return self.sampler_seed + worker_id * WORKER_SEED_STRIDE + existing_trials
+
+    def trials_for_worker(self, index: int) -> int:
+        """This invocation's --n-trials shared out: worker `index` of `workers` runs this many."""
+        share, extra = divmod(self.n_trials, self.workers)
+        return share + (1 if index < extra else 0)
+
+
+def require_seconds(value: object, field_name: str, expected: str) -> None:
+    require(
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0,
+        field_name,
+        value,
+        expected,
+    )
+
+
+def study_name_for(sweep: SweepConfig, data_config: DataConfig) -> str:
+    """The study (and MLflow experiment) name: --study-name, else derived from the dataset."""
+    if sweep.study_name:
+        return sweep.study_name
+    suffix = "-accuracy-vs-time" if sweep.multi_objective else ""
+    return f"softmaxreg-{data_config.dataset.replace('_', '-')}{suffix}"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The two stores of a sweep, as normalised URLs every module uses as they are.
+
+    SQLite paths are absolute (so worker processes and messages agree whatever the folder), and
+    a driver-less postgresql:// URL names the installed driver.
+    """
+
+    optuna_url: str
+    tracking_uri: str
+
+    @classmethod
+    def from_config(cls, sweep: SweepConfig) -> Stores:
+        stores = cls(
+            optuna_url=normalise_sql_url(absolute_sqlite_url(sweep.storage)),
+            tracking_uri=normalise_tracking(sweep.tracking_uri),
+        )
+        require(
+            not same_database(stores.optuna_url, stores.tracking_uri),
+            "tracking_uri",
+            sweep.tracking_uri,
+            f"a different database from --storage {sweep.storage} (Optuna and MLflow both "
+            "keep an alembic_version table, so they cannot share one)",
+        )
+        return stores
+
+    @property
+    def tracking_is_server(self) -> bool:
+        return is_server_uri(self.tracking_uri)
+
+    def shown(self) -> tuple[str, str]:
+        """Both URLs with passwords masked, for messages and tags."""
+        return display_url(self.optuna_url), display_url(self.tracking_uri)
+
+
+def normalise_tracking(uri: str) -> str:
+    if is_server_uri(uri):
+        return uri.rstrip("/")
+    return normalise_sql_url(absolute_sqlite_url(uri))
+
+
+def same_database(first: str, second: str) -> bool:
+    """True when two normalised URLs name one database (one SQLite file however spelled)."""
+    if is_server_uri(first) or is_server_uri(second):
+        return False
+    first_file, second_file = sqlite_file(first), sqlite_file(second)
+    if first_file is not None or second_file is not None:
+        return (
+            first_file is not None
+            and second_file is not None
+            and os.path.realpath(first_file) == os.path.realpath(second_file)
+        )
+    return parse_sql_url(first, "storage").set(drivername="x") == parse_sql_url(
+        second, "tracking_uri"
+    ).set(drivername="x")

@@ -1,0 +1,319 @@
+"""MLflow as a mirror of the Optuna study: every run is rebuilt from its trial's record.
+
+    mirror = Mirror(stores, "softmaxreg-mnist", study_uuid, wait_seconds=60, log=print)
+    mirror.ensure_parent_run(study, tags)    # once per study, under the study lock
+    mirror.sync(trial)                       # after each trial: run ← trial (idempotent)
+    mirror.reconcile(study)                  # every trial: repair missing, stale, duplicate runs
+
+Layout in MLflow: an experiment named after the study; one parent run per study (its id kept in
+the study's user attribute `mlflow_parent_run_id`); one child run per trial named
+`trial-<number>`, tagged with the study's UUID and the trial number, which is how it is found
+again. Its status mirrors the trial: COMPLETE → FINISHED, PRUNED → KILLED (`optuna.pruned`),
+FAIL → FAILED (`optuna.fail_reason`), RUNNING → RUNNING.
+
+`sync` is idempotent: it finds the run or creates it (under the study lock, so two workers never
+both create one), then writes params, per-epoch metrics with the timestamps recorded on the
+trial, summary metrics, tags and status. Writing the same again changes nothing (MLflow drops a
+metric already stored with the same step, timestamp and value), so a sync interrupted half-way is
+completed by the next one. Each run carries `softmaxreg.record_digest`, a hash of what it was
+built from; `reconcile` re-syncs every run whose digest or status differs from its trial.
+
+An unreachable tracking store is retried with a visible message for `wait_seconds`, then
+`TrackingUnavailable` is raised; nothing is lost, because the trial keeps everything.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
+from optuna.exceptions import ExperimentalWarning
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.config import Stores
+from experiments.locks import store_lock
+from experiments.run_record import (
+    DIGEST_TAG,
+    RUN_STATUS_OF_STATE,
+    as_params,
+    as_tags,
+    millis,
+    record_digest,
+    trial_metrics,
+    trial_params,
+    trial_tags,
+)
+from experiments.study import study_lock_name
+from experiments.tracking import (
+    ROLE_TAG,
+    STUDY_UUID_TAG,
+    TRIAL_NUMBER_TAG,
+    log_batch_in_chunks,
+    search_study_runs,
+    trial_run_name,
+)
+
+# Logical errors are bugs to report at once; anything else (refused connections, timeouts,
+# a locked database, a 5xx) is treated as the store being unreachable for now.
+NOT_TRANSIENT = {
+    ErrorCode.Name(code)
+    for code in (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST)
+}
+RETRY_PAUSE_SECONDS = 2.0
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store stayed unreachable for the whole wait."""
+
+
+@dataclass
+class ReconcileReport:
+    """What one `reconcile` found and did."""
+
+    trials: int
+    synced: int
+    duplicates_removed: int
+
+    @property
+    def mismatches(self) -> int:
+        return self.synced + self.duplicates_removed
+
+
+class Mirror:
+    """The MLflow side of one study; every MLflow call of the sweep goes through here."""
+
+    def __init__(
+        self,
+        stores: Stores,
+        study_name: str,
+        study_uuid: str,
+        *,
+        wait_seconds: float,
+        log: Callable[[str], None],
+    ) -> None:
+        # Our own bounded retry decides how long to wait; MLflow's would add minutes of silence.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.stores = stores
+        self.study_name = study_name
+        self.study_uuid = study_uuid
+        self.wait_seconds = wait_seconds
+        self.log = log
+        self.client = MlflowClient(stores.tracking_uri)
+        self.seconds = 0.0
+        """Wall seconds spent in MLflow calls (for the tracking-overhead figure)."""
+        self.experiment_id: str | None = None
+        self.parent_run_id: str | None = None
+        self._run_ids: dict[int, str] = {}
+
+    # ------------------------------------------------------------------- calls, with patience
+
+    def call(self, function: Callable, *args, patient: bool = True, **kwargs):
+        """`function(*args, **kwargs)` against the tracking store, retried while unreachable."""
+        started = time.monotonic()
+        announced = False
+        while True:
+            try:
+                result = function(*args, **kwargs)
+                break
+            except MlflowException as error:
+                if error.error_code in NOT_TRANSIENT:
+                    raise
+                last = error
+            except (OSError, ConnectionError, TimeoutError) as error:
+                last = error
+            except Exception as error:  # sqlalchemy's OperationalError: a locked or gone DB
+                if type(error).__name__ not in ("OperationalError", "DatabaseError"):
+                    raise
+                last = error
+            waited = time.monotonic() - started
+            if not patient or waited >= self.wait_seconds:
+                self.seconds += waited
+                raise TrackingUnavailable(
+                    f"tracking store {self.stores.shown()[1]} unreachable for {waited:.0f} s "
+                    f"({str(last).splitlines()[0][:200]})"
+                ) from last
+            if not announced:
+                self.log(
+                    f"tracking store {self.stores.shown()[1]} unreachable "
+                    f"({str(last).splitlines()[0][:160]}); retrying for up to "
+                    f"{self.wait_seconds:.0f} s"
+                )
+                announced = True
+            time.sleep(min(RETRY_PAUSE_SECONDS, max(self.wait_seconds - waited, 0.05)))
+        self.seconds += time.monotonic() - started
+        if announced:
+            self.log(f"tracking store reachable again after {time.monotonic() - started:.0f} s")
+        return result
+
+    # ----------------------------------------------------------- experiment and parent run
+
+    def _experiment_id(self) -> str:
+        if self.experiment_id is None:
+            self.experiment_id = self.call(self._get_or_create_experiment)
+        return self.experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.study_name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(self.study_name)
+            except MlflowException as error:  # another worker created it a moment ago
+                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                    raise
+                experiment = self.client.get_experiment_by_name(self.study_name)
+        if experiment.lifecycle_stage == LifecycleStage.DELETED:
+            # A deleted experiment keeps its name reserved; bring it back rather than fail.
+            self.client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+
+    def ensure_parent_run(
+        self, study: optuna.Study, tags: Mapping[str, str], *, reopen: bool = True
+    ) -> str:
+        """The study's parent run, created once; call under the study lock. A worker reopens
+        it (RUNNING); a repair leaves its status alone."""
+        experiment_id = self._experiment_id()
+        run_id = study.user_attrs.get("mlflow_parent_run_id")
+        if run_id and not self._run_exists(run_id):
+            run_id = None
+        all_tags = {**tags, ROLE_TAG: "study", STUDY_UUID_TAG: self.study_uuid}
+        if run_id is None:
+            run = self.call(
+                self.client.create_run, experiment_id, tags=all_tags, run_name=self.study_name
+            )
+            run_id = run.info.run_id
+            study.set_user_attr("mlflow_parent_run_id", run_id)
+        elif reopen:
+            self.call(self.client.update_run, run_id, status="RUNNING")
+            self.call(log_batch_in_chunks, self.client, run_id, tags=as_tags(all_tags))
+        self.parent_run_id = run_id
+        return run_id
+
+    def _run_exists(self, run_id: str) -> bool:
+        try:
+            run = self.call(self.client.get_run, run_id)
+        except MlflowException:
+            return False
+        return run.info.lifecycle_stage == LifecycleStage.ACTIVE
+
+    def finish_parent_run(
+        self, status: str, metrics: Mapping[str, float], artifacts: Path | None
+    ) -> None:
+        """Log the study's summary (at step 0) and artifacts, then end the parent run."""
+        assert self.parent_run_id is not None
+        stamp = int(time.time() * 1000)
+        entries = [Metric(k, float(v), stamp, 0) for k, v in metrics.items() if math.isfinite(v)]
+        if entries:
+            self.call(log_batch_in_chunks, self.client, self.parent_run_id, metrics=entries)
+        if artifacts is not None and any(artifacts.iterdir()):
+            self.call(self.client.log_artifacts, self.parent_run_id, str(artifacts))
+        self.call(self.client.set_terminated, self.parent_run_id, status=status)
+
+    # ------------------------------------------------------------------------ trial runs
+
+    def _study_runs(self) -> dict[int, list]:
+        """Active runs of this study's trials by trial number, oldest first."""
+        runs = self.call(search_study_runs, self.client, self._experiment_id(), self.study_uuid)
+        by_number: dict[int, list] = {}
+        for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
+            number = run.data.tags.get(TRIAL_NUMBER_TAG)
+            if number is not None and number.isdigit():
+                by_number.setdefault(int(number), []).append(run)
+        return by_number
+
+    def _find_or_create_run(self, trial: FrozenTrial) -> str:
+        if trial.number in self._run_ids:
+            return self._run_ids[trial.number]
+        existing = self._study_runs().get(trial.number)
+        if not existing:
+            # Creation is serialised by the study lock, with a second look inside it, so two
+            # workers (or a worker and a reconcile) never both create a run for one trial.
+            with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
+                existing = self._study_runs().get(trial.number)
+                if not existing:
+                    run = self.call(
+                        self.client.create_run,
+                        self._experiment_id(),
+                        run_name=trial_run_name(trial.number),
+                        start_time=millis(trial.datetime_start),
+                        tags={
+                            ROLE_TAG: "trial",
+                            STUDY_UUID_TAG: self.study_uuid,
+                            TRIAL_NUMBER_TAG: str(trial.number),
+                        },
+                    )
+                    self._run_ids[trial.number] = run.info.run_id
+                    return run.info.run_id
+        self._run_ids[trial.number] = existing[0].info.run_id
+        return existing[0].info.run_id
+
+    def sync(self, trial: FrozenTrial, *, patient: bool = True) -> str:
+        """Make the trial's run match its record; return the run id. Idempotent."""
+        assert self.parent_run_id is not None, "ensure_parent_run first"
+        if trial.state == TrialState.WAITING:
+            return ""
+        run_id = self._find_or_create_run(trial)
+        tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
+        self.call(
+            log_batch_in_chunks,
+            self.client,
+            run_id,
+            metrics=trial_metrics(trial),
+            params=as_params(trial_params(trial)),
+            tags=as_tags(tags),
+            patient=patient,
+        )
+        status = RUN_STATUS_OF_STATE[trial.state]
+        if trial.state.is_finished():
+            end = millis(trial.datetime_complete)
+            self.call(self.client.set_terminated, run_id, status, end, patient=patient)
+        else:
+            self.call(self.client.update_run, run_id, status=status, patient=patient)
+        return run_id
+
+    def reconcile(self, study: optuna.Study) -> ReconcileReport:
+        """Every trial gets exactly one run matching its record; stale trials are failed first."""
+        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)  # we rely on it anyway
+                optuna.storages.fail_stale_trials(study)
+            trials = study.get_trials(deepcopy=False)
+            runs = self._study_runs()
+            removed = 0
+            for number, copies in runs.items():
+                for duplicate in copies[1:]:  # keep the oldest: the one every worker found
+                    self.call(self.client.delete_run, duplicate.info.run_id)
+                    removed += 1
+                self._run_ids[number] = copies[0].info.run_id
+        synced = 0
+        for trial in trials:
+            if trial.state == TrialState.WAITING:
+                continue
+            run = (runs.get(trial.number) or [None])[0]
+            if run is None or not _matches(run, trial):
+                self.sync(trial)
+                synced += 1
+        return ReconcileReport(trials=len(trials), synced=synced, duplicates_removed=removed)
+
+
+def _matches(run, trial: FrozenTrial) -> bool:
+    return (
+        run.data.tags.get(DIGEST_TAG) == record_digest(trial)
+        and run.info.status == RUN_STATUS_OF_STATE[trial.state]
+    )

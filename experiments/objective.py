@@ -1,0 +1,236 @@
+"""One trial: Optuna's choice → `TrainConfig` → `softmaxreg.train` → a record stored on the trial.
+
+    objective = Objective(sweep, train_config, data, environment_tags, worker_id)
+    study.optimize(objective, n_trials=10)
+
+Everything a trial measures is stored on the trial itself, in Optuna's storage, as user
+attributes: `settings` and `environment` when it starts, `epochs` (per-epoch figures, one list
+per metric) after every epoch, the summary figures when it ends, and `fail_reason` before it is
+told FAIL (divergence, Ctrl-C, SIGTERM, SIGHUP). Optuna's storage is the source of truth; the
+MLflow run (`experiments.mirror`) is a copy rebuilt from these attributes, and nothing here
+knows MLflow. A worker killed with -9 loses only the epoch it was in.
+
+Each trial trains `--repeats` seeds; the first seed's validation accuracy is reported per epoch
+to the pruner (one learning curve per trial) and the objective is the mean over the seeds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import optuna
+
+from experiments.config import SweepConfig
+from softmaxreg.config import TrainConfig
+from softmaxreg.data import DataSplits
+from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, train
+
+EPOCH_FIGURES = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "epoch_seconds",
+    "eval_seconds",
+    "samples_per_second",
+    "train_seconds_total",
+)
+"""Per-epoch figures of every trial (MLflow step = epoch); means over the seeds."""
+
+SUMMARY_FIGURES = (
+    "best_val_accuracy",
+    "best_val_accuracy_std",
+    "test_accuracy_at_best_val",
+    "final_val_accuracy",
+    "final_test_accuracy",
+    "time_to_target_seconds",
+    "total_train_seconds",
+    "steady_epoch_seconds",
+    "steady_samples_per_second",
+    "warmup_epoch_seconds",
+    "final_train_loss",
+    "epochs_completed",
+    "reached_target",
+)
+"""Summary figures of a trial over its seeds: user attributes in Optuna, metrics in MLflow."""
+
+SETTING_NAMES = ("target_accuracy", "epochs", "seed", "momentum", "weight_decay", "model")
+"""TrainConfig fields every trial records among its settings (the swept ones are its params)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP: stop like Ctrl-C. A KeyboardInterrupt, so Optuna marks the running
+    trial FAIL and re-raises it instead of treating it as the objective's error."""
+
+    def __init__(self, signal_name: str, exit_status: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_status = exit_status
+
+
+def interruption_reason(error: BaseException) -> str:
+    if isinstance(error, Terminated):
+        return f"interrupted by {error.signal_name}"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted by Ctrl-C (SIGINT)"
+    return f"error: {type(error).__name__}: {error}"
+
+
+WORKER_LOST_REASON = "worker lost: no heartbeat within the grace period (killed or preempted)"
+
+
+def fail_reason(trial: optuna.trial.FrozenTrial) -> str:
+    """Why a FAIL trial failed; a trial failed by the heartbeat check recorded no reason."""
+    if trial.state != optuna.trial.TrialState.FAIL:
+        return ""
+    return str(trial.user_attrs.get("fail_reason") or "") or WORKER_LOST_REASON
+
+
+def summarise(results: list[TrainResult]) -> dict[str, float]:
+    """Trial figures over its seeds: means (std for best validation accuracy)."""
+    best_val = [r.best_val_accuracy for r in results]
+    times = [r.time_to_target_seconds for r in results]
+    return {
+        "best_val_accuracy": statistics.fmean(best_val),
+        "best_val_accuracy_std": statistics.pstdev(best_val) if len(best_val) > 1 else 0.0,
+        "test_accuracy_at_best_val": statistics.fmean(r.test_accuracy_at_best_val for r in results),
+        "final_val_accuracy": statistics.fmean(r.final_val_accuracy for r in results),
+        "final_test_accuracy": statistics.fmean(r.final_test_accuracy for r in results),
+        "time_to_target_seconds": (
+            math.nan
+            if any(t is None for t in times)
+            else statistics.fmean(t for t in times if t is not None)
+        ),
+        "total_train_seconds": statistics.fmean(r.total_train_seconds for r in results),
+        "steady_epoch_seconds": statistics.fmean(r.steady_epoch_seconds for r in results),
+        "steady_samples_per_second": statistics.fmean(r.steady_samples_per_second for r in results),
+        "warmup_epoch_seconds": statistics.fmean(r.warmup_epoch_seconds for r in results),
+        "final_train_loss": statistics.fmean(r.last.train_loss for r in results),
+        "epochs_completed": float(len(results[0].epochs)),
+        "reached_target": statistics.fmean(float(t is not None) for t in times),
+    }
+
+
+def _finite(figures: dict[str, float]) -> dict[str, float | None]:
+    """JSON has no NaN: a figure not reached is stored as None."""
+    return {name: None if math.isnan(value) else value for name, value in figures.items()}
+
+
+@dataclass
+class EpochRecorder:
+    """Collects each seed's epochs and stores the per-epoch table on the trial after each one."""
+
+    trial: optuna.Trial
+    seeds: list[int]
+    report_to_pruner: bool
+    histories: list[list[tuple[EpochMetrics, int]]] = field(default_factory=list)
+
+    def on_epoch(self, seed_index: int, metrics: EpochMetrics) -> bool:
+        """The trainer's callback for seed `seed_index`; True asks it to stop (pruned)."""
+        while len(self.histories) <= seed_index:
+            self.histories.append([])
+        self.histories[seed_index].append((metrics, int(time.time() * 1000)))
+        self.trial.set_user_attr("epochs", self.table())
+        if seed_index == 0 and self.report_to_pruner:
+            # Only the first seed's curve is reported: one learning curve per trial.
+            self.trial.report(metrics.val_accuracy, metrics.epoch)
+            return self.trial.should_prune()
+        return False
+
+    def table(self) -> dict[str, list[float]]:
+        """Per epoch: `step`, `time_ms` and each figure's mean over the seeds that reached it,
+        plus each seed's validation accuracy when there are several."""
+        columns: dict[str, list[float]] = {"step": [], "time_ms": []}
+        for name in EPOCH_FIGURES:
+            columns[name] = []
+        longest = max((len(h) for h in self.histories), default=0)
+        for index in range(longest):
+            reached = [h[index] for h in self.histories if len(h) > index]
+            columns["step"].append(index + 1)
+            columns["time_ms"].append(reached[0][1])
+            for name in EPOCH_FIGURES:
+                columns[name].append(statistics.fmean(getattr(m, name) for m, _ in reached))
+        if len(self.seeds) > 1:
+            for seed, history in zip(self.seeds, self.histories, strict=False):
+                columns[f"seed_{seed}.val_accuracy"] = [m.val_accuracy for m, _ in history]
+        return columns
+
+
+@dataclass
+class Objective:
+    """The function Optuna calls per trial (a class, so its parts are readable on their own)."""
+
+    sweep: SweepConfig
+    train_config: TrainConfig
+    data: DataSplits
+    environment: dict[str, str]
+    worker_id: int
+    fixed_settings: dict[str, object]
+    """Settings shared by every trial besides the training ones (data, optimizer, objective)."""
+    on_start: Callable[[optuna.Trial], None] | None = None
+    """Called once the trial's settings are stored (the sweep mirrors the new run there)."""
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.train_config.seed + k for k in range(self.sweep.repeats)]
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        batch_size = trial.suggest_categorical("batch_size", list(self.sweep.batch_sizes))
+        lr = trial.suggest_float("lr", *self.sweep.lr_range, log=True)
+        config = replace(self.train_config, batch_size=batch_size, lr=lr)
+        self._store_settings(trial, config)
+        if self.on_start is not None:
+            self.on_start(trial)
+        recorder = EpochRecorder(trial, self.seeds, report_to_pruner=not self.sweep.multi_objective)
+        try:
+            results = self._train_seeds(config, recorder)
+        except TrainingDiverged as error:
+            trial.set_user_attr("fail_reason", str(error))
+            raise
+        except BaseException as error:  # Ctrl-C, SIGTERM, SIGHUP or a bug: say so, then FAIL
+            trial.set_user_attr("fail_reason", interruption_reason(error))
+            raise
+        summary = summarise(results)
+        for name in SUMMARY_FIGURES:
+            value = summary[name]
+            trial.set_user_attr(name, None if math.isnan(value) else value)
+        if len(results) > 1:
+            trial.set_user_attr("per_seed", [_finite(r.summary()) for r in results])
+        if results[-1].stopped_early:
+            last = results[-1].last
+            raise optuna.TrialPruned(
+                f"pruned after epoch {last.epoch}: val accuracy {last.val_accuracy:.4f}"
+            )
+        accuracy = summary["best_val_accuracy"]
+        if self.sweep.multi_objective:
+            seconds = summary["time_to_target_seconds"]
+            return accuracy, (math.inf if math.isnan(seconds) else seconds)
+        return accuracy
+
+    def _store_settings(self, trial: optuna.Trial, config: TrainConfig) -> None:
+        # A trial queued again after its worker died inherits the dead trial's attributes:
+        # every one that describes a run is overwritten here, before training starts.
+        settings = {name: getattr(config, name) for name in SETTING_NAMES}
+        settings.update(repeats=self.sweep.repeats, seeds=self.seeds, device=config.device)
+        settings.update(self.fixed_settings)
+        trial.set_user_attr("settings", settings)
+        trial.set_user_attr("environment", self.environment)
+        trial.set_user_attr("worker", self.worker_id)
+        trial.set_user_attr("epochs", {})
+        trial.set_user_attr("fail_reason", "")
+
+    def _train_seeds(self, config: TrainConfig, recorder: EpochRecorder) -> list[TrainResult]:
+        results = []
+        for index, seed in enumerate(self.seeds):
+            callback = functools.partial(recorder.on_epoch, index)
+            result = train(replace(config, seed=seed), self.data, callback)
+            results.append(result)
+            if result.stopped_early:
+                break
+        return results

@@ -1,0 +1,118 @@
+"""Make MLflow match the Optuna study again: every trial gets exactly one complete run.
+
+    python -m experiments.reconcile --study-name softmaxreg-mnist
+    python -m experiments.reconcile --study-name shared --storage postgresql://postgres@db/optuna \\
+        --tracking-uri http://127.0.0.1:5000
+
+Optuna's storage is the source of truth. For each trial, the run is found by (study UUID, trial
+number) and rebuilt from the trial's record where it is missing, empty or out of date (a
+tracking outage, a crash half-way through a mirror); a RUNNING trial whose worker stopped
+beating (kill -9, preemption) is first marked FAIL, and its run closed with the reason;
+duplicate runs of one trial are deleted, keeping the oldest. Running it twice changes nothing
+the second time. Every worker does the same at its start and end; this command is for after an
+outage, or to check (it prints how many runs it repaired).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import optuna
+
+from experiments.config import Stores, SweepConfig
+from experiments.locks import store_lock
+from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
+from experiments.study import OPTUNA_SCHEMA_LOCK, find_study, open_storage
+from experiments.workers import live_workers
+from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
+from softmaxreg.config import ConfigError
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    """Which study to reconcile, in which stores."""
+
+    study_name: str = "softmaxreg-mnist"
+    """Optuna study (and MLflow experiment) to reconcile."""
+
+    storage: str = SweepConfig.storage
+    """Optuna storage URL the sweep used."""
+
+    tracking_uri: str = SweepConfig.tracking_uri
+    """MLflow tracking URI the sweep used."""
+
+    heartbeat_seconds: int = SweepConfig.heartbeat_seconds
+    """The sweep's --heartbeat-seconds: a RUNNING trial silent for 3 of them is failed."""
+
+    tracking_wait_seconds: float = SweepConfig.tracking_wait_seconds
+    """How long to wait for an unreachable tracking store before giving up (exit 1)."""
+
+    def sweep(self) -> SweepConfig:
+        """The same settings as a `SweepConfig`, which validates them (retries are off: a
+        repair never queues trials again)."""
+        return SweepConfig(
+            study_name=self.study_name,
+            storage=self.storage,
+            tracking_uri=self.tracking_uri,
+            heartbeat_seconds=self.heartbeat_seconds,
+            tracking_wait_seconds=self.tracking_wait_seconds,
+            retries=0,
+        )
+
+
+def reconcile_study(sweep: SweepConfig, log=print) -> tuple[Mirror, int, int]:
+    """Reconcile `sweep.study_name`; return (mirror, trials, runs repaired)."""
+    stores = Stores.from_config(sweep)
+    if find_study(stores.optuna_url, sweep.study_name) is None:
+        raise StoreError(f"--study-name {sweep.study_name}: no such study in {stores.shown()[0]}")
+    with store_lock(stores.optuna_url, OPTUNA_SCHEMA_LOCK):
+        study = optuna.load_study(
+            study_name=sweep.study_name, storage=open_storage(stores.optuna_url, sweep)
+        )
+        mirror = Mirror(
+            stores,
+            sweep.study_name,
+            study.user_attrs["study_uuid"],
+            wait_seconds=sweep.tracking_wait_seconds,
+            log=log,
+        )
+        mirror.ensure_parent_run(study, {"optuna.study_name": sweep.study_name}, reopen=False)
+    report = mirror.reconcile(study)
+    repaired = report.mismatches
+    parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)
+    if parent.info.status == "RUNNING" and not live_workers(study, sweep.grace_seconds):
+        # Every worker is gone (killed, preempted) without closing the study's run.
+        mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED")
+        repaired += 1
+    return mirror, report.trials, repaired
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.reconcile",
+        description="Rebuild a study's MLflow runs from its Optuna trials (idempotent).",
+    )
+    add_dataclass_arguments(parser, ReconcileConfig, title="reconcile")
+    config = dataclass_from_args(parser, ReconcileConfig, parser.parse_args(argv))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        sweep = config.sweep()
+        stores = Stores.from_config(sweep)
+        check_optuna_storage(stores.optuna_url, "--storage")
+        check_tracking_uri(stores.tracking_uri, "--tracking-uri")
+        _, trials, repaired = reconcile_study(sweep, log=lambda m: print(m, file=sys.stderr))
+    except (StoreError, ConfigError) as error:
+        parser.error(str(error))
+    except TrackingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"study {config.study_name}: {trials} trials, {repaired} runs repaired")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

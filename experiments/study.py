@@ -1,0 +1,275 @@
+"""Open, create or resume the Optuna study, race-free; its samplers and pruners.
+
+    with store_lock(stores.optuna_url, study_lock_name(name)):
+        study, created = open_or_create_study(sweep, stores, name, identity, worker_seed)
+
+Any number of workers may start the same new study at the same moment, on SQLite or
+PostgreSQL: the storage's schema and the study are created under `experiments.locks.store_lock`,
+and the study's unique name decides which worker created it (Optuna's `DuplicatedStudyError`),
+so exactly one sets its attributes. A study resumed with settings it cannot take (another
+objective, other batch sizes, other data) is refused with `SweepError` before any trial exists.
+
+Liveness: every storage opened here has Optuna's trial heartbeat on. A trial whose worker stops
+beating for `SweepConfig.grace_seconds` (kill -9, preemption) is marked FAIL by the next worker
+or reconcile and, with `--retries`, queued again (`RetryHeartbeatStaleTrialCallback`).
+"""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import sqlalchemy
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial
+from sqlalchemy import event
+from sqlalchemy.pool import NullPool
+
+from experiments.config import SweepConfig
+from experiments.locks import store_lock
+from experiments.stores import display_url, sqlite_file, store_exists
+from softmaxreg.config import TrainConfig
+
+MEDIAN_PRUNER_STARTUP_TRIALS = 2  # COMPLETE trials per batch size before pruning starts
+MEDIAN_PRUNER_WARMUP_EPOCHS = 2  # never prune on the first epoch's noisy figure
+SQLITE_BUSY_SECONDS = 60  # several workers write one SQLite file: wait for the lock, not fail
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start as asked (e.g. a study that cannot be resumed); exit status 2."""
+
+
+@dataclass(frozen=True)
+class DataIdentity:
+    """Which data a study was run on; a resumed study must use the same bytes."""
+
+    name: str
+    checksum: str
+
+
+OPTUNA_SCHEMA_LOCK = "softmaxreg-optuna-schema"
+"""Held while anything may create Optuna's tables or a study (start-up, whatever the study)."""
+
+
+def study_lock_name(study_name: str) -> str:
+    """Held while a study's MLflow runs are created or repaired."""
+    return f"softmaxreg-study:{study_name}"
+
+
+def _sqlite_pragmas(connection, _record) -> None:
+    # WAL lets the workers read while one writes, and synchronous=NORMAL makes each of the many
+    # small commits (one per epoch report) milliseconds instead of tens, still crash-safe.
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on."""
+    engine_kwargs = {}
+    if sqlite_file(url) is not None:
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat is "experimental"
+        liveness: dict[str, object] = {}
+        if sweep is not None:
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=sweep.retries)
+            liveness = {
+                "heartbeat_interval": sweep.heartbeat_seconds,
+                "grace_period": sweep.grace_seconds,
+                "heartbeat_stale_trial_callback": retry if sweep.retries else None,
+            }
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+    if sqlite_file(url) is not None:
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # so every later connection gets the pragmas
+    return storage
+
+
+def _has_optuna_tables(url: str) -> bool:
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        return inspector.has_table("studies") and inspector.has_table("alembic_version")
+    finally:
+        engine.dispose()
+
+
+def find_study(url: str, study_name: str) -> optuna.Study | None:
+    """The study if it exists already; never creates a file, a table or a study to find out."""
+    if not store_exists(url) or not _has_optuna_tables(url):
+        return None
+    with store_lock(url, OPTUNA_SCHEMA_LOCK):  # a worker may be creating the schema right now
+        storage = open_storage(url)
+    if study_name not in {s.study_name for s in storage.get_all_studies()}:
+        return None
+    return optuna.load_study(study_name=study_name, storage=storage)
+
+
+def search_settings(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, object]:
+    """What makes trials comparable; a resumed study that changes any of it gets a note."""
+    return {
+        "batch_sizes": list(sweep.batch_sizes),
+        "lr_range": list(sweep.lr_range),
+        "repeats": sweep.repeats,
+        "epochs": train_config.epochs,
+        "target_accuracy": train_config.target_accuracy,
+        "model": train_config.model,
+        "momentum": train_config.momentum,
+        "weight_decay": train_config.weight_decay,
+        "sampler": sweep.sampler,
+        "grid_lr_points": sweep.grid_lr_points,
+    }
+
+
+def _stored_batch_sizes(study: optuna.Study) -> list[int] | None:
+    stored = study.user_attrs.get("search_settings", {}).get("batch_sizes")
+    if stored is not None:
+        return list(stored)
+    for trial in study.get_trials(deepcopy=False):
+        distribution = trial.distributions.get("batch_size")
+        if distribution is not None:
+            return list(distribution.choices)  # type: ignore[attr-defined]
+    return None
+
+
+def check_resumable(
+    study: optuna.Study,
+    sweep: SweepConfig,
+    train_config: TrainConfig,
+    data: DataIdentity | None,
+) -> list[str]:
+    """Raise `SweepError` if `study` cannot be resumed with `sweep`; return notes otherwise."""
+    shown = display_url(study._storage.url) if hasattr(study._storage, "url") else ""
+    wanted = [d.upper() for d in sweep.directions]
+    found = [d.name for d in study.directions]
+    if wanted != found:
+        raise SweepError(
+            f"study {study.study_name!r} in {shown} optimises {found}, but --objective "
+            f"{sweep.objective} needs {wanted}; use another --study-name"
+        )
+    batch_sizes = _stored_batch_sizes(study)
+    if batch_sizes is not None and sorted(batch_sizes) != sorted(sweep.batch_sizes):
+        raise SweepError(
+            f"study {study.study_name!r} chooses batch sizes {' '.join(map(str, batch_sizes))}, "
+            f"not {' '.join(map(str, sweep.batch_sizes))} (Optuna cannot change a categorical "
+            f"choice): resume with --batch-sizes {' '.join(map(str, batch_sizes))}, or start a "
+            f"new study with --study-name {study.study_name}-bs"
+            + "-".join(map(str, sweep.batch_sizes))
+        )
+    stored = study.user_attrs
+    if data is not None and stored.get("dataset_checksum") not in (None, data.checksum):
+        raise SweepError(
+            f"study {study.study_name!r} was run on {stored.get('dataset')} with checksum "
+            f"{stored.get('dataset_checksum')}, but this data has checksum {data.checksum}; "
+            "results would not be comparable: use another --study-name"
+        )
+    notes = []
+    for name, value in search_settings(sweep, train_config).items():
+        before = stored.get("search_settings", {}).get(name)
+        if before is not None and before != value:
+            notes.append(
+                f"note: resuming {study.study_name!r} with {name} {value} (earlier trials used "
+                f"{before}); the comparison table mixes both"
+            )
+    return notes
+
+
+def open_or_create_study(
+    sweep: SweepConfig,
+    storage: optuna.storages.RDBStorage,
+    study_name: str,
+    train_config: TrainConfig,
+    data: DataIdentity,
+    sampler: optuna.samplers.BaseSampler,
+) -> tuple[optuna.Study, list[str]]:
+    """The study, created with its attributes by exactly one caller; call under the study lock.
+
+    Returns the study and notes about a resume with changed settings."""
+    directions = [StudyDirection[d.upper()] for d in sweep.directions]
+    try:
+        storage.create_new_study(directions, study_name)
+        created = True
+    except DuplicatedStudyError:
+        created = False
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(sweep, train_config.epochs),
+    )
+    if created or "study_uuid" not in study.user_attrs:
+        study.set_user_attr("dataset", data.name)
+        study.set_user_attr("dataset_checksum", data.checksum)
+        study.set_user_attr("search_settings", search_settings(sweep, train_config))
+        study.set_user_attr("sampler_seed", sweep.sampler_seed)
+        study.set_user_attr("study_uuid", uuid.uuid4().hex)  # last: marks the study complete
+        return study, []
+    return study, check_resumable(study, sweep, train_config, data)
+
+
+class _SameBatchSizeView:
+    """A study seen through one batch size: what `SameBatchSizeMedianPruner` compares against."""
+
+    def __init__(self, study: optuna.Study, batch_size: object) -> None:
+        self._study = study
+        self._batch_size = batch_size
+
+    @property
+    def direction(self) -> StudyDirection:
+        return self._study.direction
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return [
+            trial
+            for trial in self._study.get_trials(deepcopy=deepcopy, states=states)
+            if trial.params.get("batch_size") == self._batch_size
+        ]
+
+
+class SameBatchSizeMedianPruner(optuna.pruners.BasePruner):
+    """Median pruning against COMPLETE trials with the same batch size only.
+
+    Small batches take more steps per epoch, so early on they lead at any reasonable learning
+    rate; a median over all batch sizes would prune large batch sizes before they caught up.
+    """
+
+    def __init__(self, n_startup_trials: int, n_warmup_steps: int) -> None:
+        self._median = optuna.pruners.MedianPruner(
+            n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps
+        )
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        view = _SameBatchSizeView(study, trial.params.get("batch_size"))
+        return self._median.prune(view, trial)  # type: ignore[arg-type]
+
+
+def make_sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker, seeded with `SweepConfig.worker_seed`."""
+    if sweep.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if sweep.sampler == "grid":
+        # Optuna gives trial number n < grid size grid point n: unique trial numbers, handed out
+        # by the storage, mean no two workers run the same point.
+        space = {"batch_size": list(sweep.batch_sizes), "lr": sweep.grid_learning_rates()}
+        return optuna.samplers.GridSampler(space, seed=seed)
+    if sweep.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    # constant_liar: trials running on other workers count as (pessimistic) results, so
+    # concurrent workers do not all propose the same promising point.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+def make_pruner(sweep: SweepConfig, epochs: int) -> optuna.pruners.BasePruner:
+    if sweep.pruner == "median":
+        return SameBatchSizeMedianPruner(
+            MEDIAN_PRUNER_STARTUP_TRIALS, min(MEDIAN_PRUNER_WARMUP_EPOCHS, epochs)
+        )
+    if sweep.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,111 @@
+"""This worker's view of its trials: mirror each one as it starts and ends, count, show progress.
+
+    tracker = TrialTracker(study, mirror, progress_bar, log)
+    objective = Objective(..., on_start=tracker.on_start)
+    study.optimize(objective, callbacks=[tracker])
+
+A run is created (RUNNING) when a trial starts, so `mlflow ui` shows live trials, and completed
+from the trial's record when it ends. The start is one attempt: if the tracking store is down,
+training goes on and the end of the trial waits for it (bounded by --tracking-wait-seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial
+from tqdm import tqdm
+
+from experiments.mirror import Mirror, TrackingUnavailable
+from softmaxreg.trainer import TrainingDiverged
+
+
+class TrialTracker:
+    """Mirrors this worker's trials and keeps its own counts (the study's are in the report)."""
+
+    def __init__(
+        self, study: optuna.Study, mirror: Mirror, progress: tqdm, log: Callable[[str], None]
+    ) -> None:
+        self.study = study
+        self.mirror = mirror
+        self.progress = progress
+        self.log = log
+        self.own_states: Counter[str] = Counter()
+        self.trial_seconds = 0.0
+        self.started: list[int] = []
+        """Trial ids this worker started, in order."""
+        self.synced: set[int] = set()
+        self.counted: set[int] = set()
+
+    def on_start(self, trial: optuna.Trial) -> None:
+        self.started.append(trial._trial_id)
+        frozen = self.study._storage.get_trial(trial._trial_id)
+        try:
+            self.mirror.sync(frozen, patient=False)
+        except TrackingUnavailable as error:
+            self.log(f"trial {trial.number} starts without its MLflow run for now: {error}")
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna's after-trial callback: the trial is finished and stored; mirror it."""
+        self._count(trial)
+        self.mirror.sync(trial)
+        self.synced.add(trial._trial_id)
+        self.progress.update()
+        self.progress.set_postfix_str(best_so_far(study), refresh=True)
+
+    def _count(self, trial: FrozenTrial) -> None:
+        if trial._trial_id in self.counted:
+            return
+        self.counted.add(trial._trial_id)
+        self.own_states[trial.state.name] += 1
+        if trial.duration is not None:
+            self.trial_seconds += trial.duration.total_seconds()
+
+    def sync_unsynced(self, *, patient: bool) -> None:
+        """Mirror the trials this worker started but did not finish mirroring (interrupted)."""
+        for trial_id in self.started:
+            if trial_id not in self.synced:
+                trial = self.study._storage.get_trial(trial_id)
+                if trial.state.is_finished():
+                    self._count(trial)
+                self.mirror.sync(trial, patient=patient)
+                self.synced.add(trial_id)
+
+
+def best_so_far(study: optuna.Study) -> str:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        return "best: none yet"
+    if len(study.directions) > 1:
+        return f"Pareto front: {len(study.best_trials)} trials"
+    best = max(complete, key=lambda t: t.value)
+    return (
+        f"best val acc {best.value:.4f} (#{best.number}: bs {best.params['batch_size']}, "
+        f"lr {best.params['lr']:.3g})"
+    )
+
+
+class _OneLineDivergence(logging.Filter):
+    """Optuna logs a caught exception with its traceback; a diverging lr needs one line, not a
+    stack trace (the reason is in the trial's `fail_reason`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], TrainingDiverged):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+@contextlib.contextmanager
+def quiet_divergence() -> Iterator[None]:
+    logger = logging.getLogger("optuna")
+    one_line = _OneLineDivergence()
+    logger.addFilter(one_line)
+    try:
+        yield
+    finally:
+        logger.removeFilter(one_line)

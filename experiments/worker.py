@@ -1,0 +1,236 @@
+"""One worker's life on a study: open it, run trials, mirror them, close up.
+
+    outcome = run_sweep(sweep, train_config, data_config, data)   # what the CLI runs per worker
+
+`python -m experiments.sweep` calls `run_sweep` once per worker process (see
+`experiments.workers` for several). The study and its parent run are opened under the study
+lock; each trial is mirrored to MLflow as it starts and ends; every trial of the study is
+reconciled at the start and the end; the last worker of the study closes the parent run with a
+summary of the whole study. Interrupted (Ctrl-C, SIGTERM, SIGHUP) or cut off from MLflow, the
+worker closes what it can in one attempt and re-raises; what it could not close, the next
+worker or `python -m experiments.reconcile` closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from experiments.config import Stores, SweepConfig, study_name_for
+from experiments.locks import store_lock
+from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.objective import Objective
+from experiments.report import SweepOutcome, study_metrics, write_study_artifacts
+from experiments.results import best_per_batch_size, trials_table
+from experiments.study import (
+    OPTUNA_SCHEMA_LOCK,
+    DataIdentity,
+    make_sampler,
+    open_or_create_study,
+    open_storage,
+)
+from experiments.tracking import search_trial_runs
+from experiments.trial_tracker import TrialTracker, quiet_divergence
+from experiments.workers import WorkerRegistry
+from softmaxreg.config import DataConfig, TrainConfig
+from softmaxreg.data import DataSplits
+from softmaxreg.device import environment, resolve_device
+from softmaxreg.trainer import TrainingDiverged
+
+SWEPT_FIELDS = ("batch_size", "lr")
+"""TrainConfig fields the study chooses per trial; they have no flag of their own."""
+
+
+def environment_tags(data: DataSplits) -> dict[str, str]:
+    env = environment(data.device)
+    return {
+        **env,
+        "dataset": data.name,
+        "dataset_checksum": data.checksum,
+        "mlflow.source.name": "experiments.sweep",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.git.commit": env["git_commit"],
+    }
+
+
+def parent_tags(sweep: SweepConfig, train_config: TrainConfig, data: DataSplits, stores: Stores):
+    settings = {
+        **{f"sweep.{k}": v for k, v in asdict(sweep).items() if k not in ("quiet", "storage")},
+        **{f"train.{k}": v for k, v in asdict(train_config).items() if k not in SWEPT_FIELDS},
+    }
+    return {
+        **environment_tags(data),
+        "optuna.storage": stores.shown()[0],
+        **{k: str(v) for k, v in settings.items() if str(v) != ""},  # no empty tags
+    }
+
+
+def fixed_settings(sweep: SweepConfig, data_config: DataConfig) -> dict[str, object]:
+    """What every trial records besides its training settings (no empty values)."""
+    data = {k: v for k, v in asdict(data_config).items() if v != ""}
+    return {**data, "optimizer": "sgd", "objective": sweep.objective}
+
+
+def open_study_and_mirror(
+    sweep: SweepConfig,
+    stores: Stores,
+    study_name: str,
+    train_config: TrainConfig,
+    data: DataSplits,
+    worker_id: int,
+    log: Callable[[str], None],
+) -> tuple[optuna.Study, Mirror, list[str]]:
+    """Open or create the study, its MLflow experiment and parent run, under the study lock."""
+    identity = DataIdentity(data.name, data.checksum)
+    with store_lock(stores.optuna_url, OPTUNA_SCHEMA_LOCK):
+        storage = open_storage(stores.optuna_url, sweep)
+        study, notes = open_or_create_study(
+            sweep, storage, study_name, train_config, identity, optuna.samplers.RandomSampler()
+        )
+        study.sampler = make_sampler(sweep, sweep.worker_seed(worker_id, len(study.trials)))
+        mirror = Mirror(
+            stores,
+            study_name,
+            study.user_attrs["study_uuid"],
+            wait_seconds=sweep.tracking_wait_seconds,
+            log=log,
+        )
+        with store_lock(stores.tracking_uri, "softmaxreg-mlflow-schema"):
+            mirror.call(mirror.client.search_experiments, max_results=1)  # schema, serialised
+        mirror.ensure_parent_run(study, parent_tags(sweep, train_config, data, stores))
+    return study, mirror, notes
+
+
+def trials_to_run(study: optuna.Study, sweep: SweepConfig, wanted: int) -> int:
+    """`wanted`, or fewer when a grid study has fewer points (and retries) left than that."""
+    if sweep.sampler != "grid":
+        return wanted
+    trials = study.get_trials(deepcopy=False)
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    started = sum("failed_trial" not in t.system_attrs for t in trials)
+    return min(wanted, max(sweep.grid_size() - started, 0) + waiting)
+
+
+def study_outcome(
+    study: optuna.Study, mirror: Mirror, tracker: TrialTracker, started: float, notes: list[str]
+) -> SweepOutcome:
+    runs = mirror.call(
+        search_trial_runs, mirror.stores.tracking_uri, study.study_name, mirror.study_uuid
+    )
+    trials = trials_table(study, runs)
+    parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)
+    return SweepOutcome(
+        study=study,
+        study_name=study.study_name,
+        trials=trials,
+        best_per_batch_size=best_per_batch_size(trials),
+        parent_run_id=str(mirror.parent_run_id),
+        experiment_id=str(mirror.experiment_id),
+        new_trials=sum(tracker.own_states.values()),
+        wall_seconds=time.perf_counter() - started,
+        trial_seconds=tracker.trial_seconds,
+        tracking_seconds=mirror.seconds,
+        artifact_uri=parent.info.artifact_uri,
+        notes=notes,
+        own_states=dict(tracker.own_states),
+    )
+
+
+def finish_parent_if_last(
+    study: optuna.Study, mirror: Mirror, registry: WorkerRegistry, outcome: SweepOutcome
+) -> None:
+    """The last worker of the study closes its parent run with a summary of the whole study."""
+    if registry.others_alive():
+        return
+    with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
+        outcome.notes += write_study_artifacts(
+            study, outcome.trials, outcome.best_per_batch_size, Path(folder)
+        )
+        mirror.finish_parent_run("FINISHED", study_metrics(outcome.trials), Path(folder))
+
+
+def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: WorkerRegistry) -> None:
+    """After Ctrl-C, a signal or an outage: one try to close this worker's open runs."""
+    try:
+        tracker.sync_unsynced(patient=False)
+        if not registry.others_alive():
+            mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED", patient=False)
+    except TrackingUnavailable:
+        pass  # the next start or `python -m experiments.reconcile` closes them
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    data: DataSplits,
+    *,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> SweepOutcome:
+    """Run one worker on the study (creating or resuming it) on preloaded `data`.
+
+    Raises `SweepError` before creating anything if the study cannot be resumed as asked,
+    `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds, and
+    KeyboardInterrupt (`Terminated` for SIGTERM/SIGHUP) when interrupted."""
+    started = time.perf_counter()
+    stores = Stores.from_config(sweep)
+    study_name = study_name_for(sweep, data_config)
+    device = resolve_device(train_config.device)
+    data = data if data.device == device else data.to(device)
+    optuna.logging.set_verbosity(logging.WARNING if sweep.quiet else logging.INFO)
+    study, mirror, notes = open_study_and_mirror(
+        sweep, stores, study_name, train_config, data, sweep.worker_id, log
+    )
+    registry = WorkerRegistry(study, sweep.worker_id, sweep)
+    registry.start()
+    n_trials = trials_to_run(study, sweep, sweep.n_trials)
+    progress = tqdm(
+        total=n_trials,
+        desc=study_name,
+        unit="trial",
+        disable=sweep.quiet,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    tracker = TrialTracker(study, mirror, progress, log)
+    objective = Objective(
+        sweep,
+        train_config,
+        data,
+        environment_tags(data),
+        sweep.worker_id,
+        fixed_settings(sweep, data_config),
+        tracker.on_start,
+    )
+    try:
+        mirror.reconcile(study)
+        with quiet_divergence():
+            study.optimize(
+                objective,
+                n_trials=n_trials,
+                timeout=sweep.timeout or None,
+                catch=(TrainingDiverged,),
+                callbacks=[tracker],
+            )
+    except BaseException:
+        progress.close()
+        registry.stop()
+        close_after_interrupt(mirror, tracker, registry)
+        raise
+    progress.close()
+    registry.stop()
+    if n_trials < sweep.n_trials:
+        notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
+    mirror.reconcile(study)
+    outcome = study_outcome(study, mirror, tracker, started, notes)
+    finish_parent_if_last(study, mirror, registry, outcome)
+    return outcome

@@ -1,0 +1,144 @@
+"""Real services for the tests: an `mlflow server` process, PostgreSQL databases, free ports.
+
+with MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder) as server:
+    server.url          # http://127.0.0.1:<port>
+    server.stop(); server.start()   # an outage, then the same server back on the same port
+with postgres_database("optuna") as url:   # a new database, dropped afterwards
+    ...
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+MLFLOW = Path(sys.executable).parent / "mlflow"
+STARTUP_SECONDS = 120  # a cold start imports MLflow's server stack; bounded so CI cannot hang
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def initialised_mlflow_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite database with its schema created once per session (migrations take
+    seconds); tests copy it instead of migrating a new one each time."""
+    template = tmp_path_factory.getbasetemp() / "mlflow-template" / "mlflow.db"
+    if not template.exists():
+        template.parent.mkdir(exist_ok=True)
+        MlflowClient(f"sqlite:///{template}").search_experiments()
+    return template
+
+
+def copy_mlflow_db(tmp_path_factory: pytest.TempPathFactory, destination: Path) -> Path:
+    shutil.copyfile(initialised_mlflow_db(tmp_path_factory), destination)
+    return destination
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1 with the given backend store; stopped by its process group."""
+
+    def __init__(self, backend_uri: str, folder: Path) -> None:
+        self.backend_uri = backend_uri
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = (self.folder / "server.log").open("a")
+        self.process = subprocess.Popen(
+            [str(MLFLOW), "server", "--backend-store-uri", self.backend_uri,
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+            cwd=self.folder,  # artifacts it serves go to ./mlartifacts here
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so its workers stop with it
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not self.healthy():
+            if self.process.poll() is not None:
+                pytest.fail(f"mlflow server exited:\n{(self.folder / 'server.log').read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {STARTUP_SECONDS} s")
+            time.sleep(0.5)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=20)
+
+    def __enter__(self) -> MlflowServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def postgres_reachable() -> str | None:
+    """None if the local PostgreSQL accepts connections, else why not."""
+    try:
+        import sqlalchemy
+        from sqlalchemy.pool import NullPool
+
+        engine = sqlalchemy.create_engine(POSTGRES_ADMIN, poolclass=NullPool)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as error:  # driver missing, server down: the test is skipped, saying why
+        return f"PostgreSQL at 127.0.0.1:5432 not usable: {error}"
+    return None
+
+
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database (plain postgresql:// URL), dropped afterwards."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    reason = postgres_reachable()
+    if reason is not None:
+        pytest.skip(reason)
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(
+        POSTGRES_ADMIN, poolclass=NullPool, isolation_level="AUTOCOMMIT"
+    )
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
