@@ -16,6 +16,7 @@ from typing import Literal, get_args
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DatasetName = Literal["mnist", "fashion_mnist", "kmnist"]
 ModelName = Literal["logits", "tutorial_double_softmax"]
+LrScheduleName = Literal["constant", "linear", "cosine"]
 
 
 class ConfigError(ValueError):
@@ -71,6 +72,7 @@ def require_choice(value: object, field_name: str, choices: tuple[str, ...]) -> 
 DEVICE_CHOICES: tuple[str, ...] = get_args(DeviceName)
 DATASET_CHOICES: tuple[str, ...] = get_args(DatasetName)
 MODEL_CHOICES: tuple[str, ...] = get_args(ModelName)
+LR_SCHEDULE_CHOICES: tuple[str, ...] = get_args(LrScheduleName)
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,19 @@ class TrainConfig:
     """logits: Linear layer returning logits (correct). tutorial_double_softmax: the tutorial's
     softmax in forward followed by cross-entropy, kept only as an ablation."""
 
+    lr_schedule: LrScheduleName = "constant"
+    """Learning rate per step after the warm-up: constant keeps lr; linear and cosine decay it
+    from lr to 0 at the last step of the run (softmaxreg.schedule.lr_at)."""
+
+    warmup_steps: int = 0
+    """Steps whose learning rate ramps linearly up to lr (lr/W, 2 lr/W, ..., lr for W steps)
+    before the schedule starts; 0 means none. Counted in steps, not epochs."""
+
+    threads: int = 0
+    """torch intra-op CPU threads while training, restored afterwards. 0 chooses by the size of
+    a step: 1 thread for small batches (faster, and no waiting on a busy core), else the current
+    count (softmaxreg.device.choose_threads)."""
+
     def __post_init__(self) -> None:
         require_int(self.batch_size, "batch_size", 1)
         require_positive_finite(self.lr, "lr")
@@ -137,6 +152,9 @@ class TrainConfig:
             "a number in (0, 1]",
         )
         require_choice(self.model, "model", MODEL_CHOICES)
+        require_choice(self.lr_schedule, "lr_schedule", LR_SCHEDULE_CHOICES)
+        require_int(self.warmup_steps, "warmup_steps", 0)
+        require_int(self.threads, "threads", 0)
 
 
 @dataclass(frozen=True)

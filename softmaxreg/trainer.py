@@ -7,12 +7,15 @@
 The trainer logs nothing and knows nothing of Optuna or MLflow. It reports each epoch's
 `EpochMetrics` to an optional callback; the callback may return True to stop training early
 (pruning uses this). A non-finite loss raises `TrainingDiverged` naming the epoch and step.
+The learning rate follows `config.lr_schedule` step by step (`softmaxreg.schedule`), and torch's
+thread count is `choose_threads(...)` for the run, restored afterwards.
 
 Speed: the data already sits on the device as one float tensor; each step gathers its shuffled
 batch (small enough to stay in cache for the matmuls that follow, which a whole-epoch gather is
-not), computes the closed-form gradient (`SoftmaxRegression.loss_and_gradients`) and applies
-`softmaxreg.optim.SGD`. Per-step losses stay on the device and are read once per epoch, so the hot
-loop never waits for the device (one sync per epoch, just before the clock is read).
+not), computes the closed-form gradient (`ClosedFormStep`, views made once per run) and applies
+`softmaxreg.optim.SGD`. Each step keeps its examples' log-likelihoods on the device; the per-step
+losses are computed from them once per epoch, so the hot loop never waits for the device (one sync
+per epoch, just before the clock is read) and spends no time on per-step reductions.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from torch import nn
 
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
-from softmaxreg.device import resolve_device, synchronize
+from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
 from softmaxreg.model import build_model
 from softmaxreg.optim import SGD
+from softmaxreg.schedule import is_constant, lr_table
 
 EVAL_CHUNK = 8192  # rows per evaluation matmul: bounds memory on small GPUs, no effect on results
 
@@ -86,6 +90,8 @@ class TrainResult:
     stopped_early: bool
     """True when the callback asked to stop before `config.epochs`."""
     model: nn.Module = field(repr=False)
+    threads: int = 0
+    """torch intra-op threads the run used (`choose_threads`); 0 when not recorded."""
 
     @property
     def last(self) -> EpochMetrics:
@@ -175,6 +181,34 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return loss_sum.item() / n, correct.item() / n
 
 
+def step_losses(log_likelihoods: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """Mean loss of every step of a pass, (members, steps), from each step's (members, 1, B)
+    log-likelihoods: the same per-batch means a per-step `.mean()` gives, in a few ops."""
+    picks = torch.cat(log_likelihoods, dim=2).flatten(1)
+    members, n = picks.shape
+    full = n // batch_size * batch_size
+    means = [-picks[:, :full].reshape(members, -1, batch_size).mean(dim=2)]
+    if full < n:
+        means.append(-picks[:, full:].mean(dim=1, keepdim=True))
+    return torch.cat(means, dim=1)
+
+
+def weighted_train_loss(losses: torch.Tensor, batch_size: int, n_train: int) -> torch.Tensor:
+    """Each member's mean loss over the pass, weighting the last (possibly smaller) batch by its
+    size; `losses` is (members, steps)."""
+    sizes = torch.full_like(losses[0], float(batch_size))
+    sizes[-1] = n_train - batch_size * (losses.shape[1] - 1)
+    return (losses * sizes).sum(dim=1) / n_train
+
+
+def first_non_finite(losses: torch.Tensor) -> int | None:
+    """1-based index of the first non-finite entry of a 1-d tensor, or None if all are finite."""
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):
+        return None
+    return int((~finite).nonzero()[0, 0]) + 1
+
+
 def train(
     config: TrainConfig,
     data: DataSplits,
@@ -182,6 +216,18 @@ def train(
 ) -> TrainResult:
     """Train softmax regression per `config` on `data`; report each epoch to `callback`."""
     device = resolve_device(config.device)
+    threads = choose_threads(config.batch_size, config.threads, device)
+    with torch_threads(threads):
+        return _train(config, data, callback, device, threads)
+
+
+def _train(
+    config: TrainConfig,
+    data: DataSplits,
+    callback: Callback | None,
+    device: torch.device,
+    threads: int,
+) -> TrainResult:
     if data.device != device:
         data = data.to(device)
     model = build_model(config.model, config.seed).to(device)
@@ -191,10 +237,18 @@ def train(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
+    step = model.make_step(optimizer.grads)
     # The shuffle has its own generator, so results do not depend on the caller's global RNG.
     shuffle_generator = torch.Generator().manual_seed(config.seed)
-    n_train = data.train_x.shape[0]
+    train_x = data.train_x.flatten(1)
+    targets = data.train_y.view(1, 1, -1)  # gathered per step straight into the step's shape
+    n_train = train_x.shape[0]
     batch_size = min(config.batch_size, n_train)
+    steps_per_epoch = -(-n_train // batch_size)
+    lrs = None
+    if not is_constant(config.lr_schedule, config.warmup_steps):
+        total_steps = steps_per_epoch * config.epochs
+        lrs = lr_table(total_steps, config.lr, config.lr_schedule, config.warmup_steps)
     history: list[EpochMetrics] = []
     time_to_target: float | None = None
     train_seconds_total = 0.0
@@ -205,28 +259,23 @@ def train(
         synchronize(device)
         start = time.perf_counter()
         order = torch.randperm(n_train, generator=shuffle_generator).to(device)
-        step_losses = []
-        for first in range(0, n_train, batch_size):
-            batch = order[first : first + batch_size]
-            loss = model.loss_and_gradients(
-                data.train_x.index_select(0, batch),
-                data.train_y.index_select(0, batch),
-                optimizer.grads,
+        log_likelihoods = []
+        for index, batch in enumerate(order.split(batch_size)):
+            if lrs is not None:
+                optimizer.lr = lrs[(epoch - 1) * steps_per_epoch + index]
+            log_likelihoods.append(
+                step(train_x.index_select(0, batch), targets.index_select(2, batch))
             )
             optimizer.step()
-            step_losses.append(loss)
-        losses = torch.stack(step_losses)
+        losses = step_losses(log_likelihoods, batch_size)
         synchronize(device)
         epoch_seconds = time.perf_counter() - start
 
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            step = int((~finite).nonzero()[0, 0]) + 1
-            raise TrainingDiverged(epoch, step, float(losses[step - 1]), config.lr)
-        # Mean over steps, weighting the last (possibly smaller) batch by its size.
-        sizes = torch.full_like(losses, float(batch_size))
-        sizes[-1] = n_train - batch_size * (len(step_losses) - 1)
-        train_loss = float((losses * sizes).sum() / n_train)
+        diverged_step = first_non_finite(losses[0])
+        if diverged_step is not None:
+            loss = float(losses[0, diverged_step - 1])
+            raise TrainingDiverged(epoch, diverged_step, loss, config.lr)
+        train_loss = float(weighted_train_loss(losses, batch_size, n_train)[0])
 
         eval_start = time.perf_counter()
         val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
@@ -262,4 +311,5 @@ def train(
         time_to_target_seconds=time_to_target,
         stopped_early=stopped_early,
         model=model,
+        threads=threads,
     )

@@ -51,6 +51,12 @@ INVALID_TRAIN_VALUES = [
     ("target_accuracy", math.nan),
     ("target_accuracy", True),
     ("model", "x"),
+    ("lr_schedule", "step"),
+    ("lr_schedule", "Cosine"),
+    ("warmup_steps", -1),
+    ("warmup_steps", 1.5),
+    ("threads", -1),
+    ("threads", True),
 ]
 
 INVALID_DATA_VALUES = [
@@ -195,6 +201,9 @@ def test_no_flags_give_the_dataclass_defaults_and_flags_set_fields():
         (["--momentum", "1"], "--momentum 1.0 is invalid: expected a number in [0, 1)"),
         (["--epochs", "0"], "--epochs 0 is invalid"),
         (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+        (["--lr-schedule", "step"], "argument --lr-schedule: invalid choice: 'step'"),
+        (["--warmup-steps", "-1"], "--warmup-steps -1 is invalid: expected an integer >= 0"),
+        (["--threads", "-2"], "--threads -2 is invalid: expected an integer >= 0"),
         (["--dataset", "cifar"], "argument --dataset: invalid choice: 'cifar'"),
         (["--val-size", "0"], "--val-size 0 is invalid"),
         (["--target-accuracy", "2"], "--target-accuracy 2.0 is invalid"),

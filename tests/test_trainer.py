@@ -329,6 +329,43 @@ def test_best_epoch_is_chosen_by_validation_earliest_on_ties():
     assert summary["steady_epoch_seconds"] == 1.0 and summary["warmup_epoch_seconds"] == 2.0
 
 
+@pytest.mark.parametrize(
+    ("batch_size", "requested", "expected"),
+    [(100, 0, 1), (512, 0, 1), (2000, 0, "current"), (100, 2, 2), (2000, 1, 1)],
+)
+def test_train_uses_the_chosen_thread_count_and_restores_the_callers(
+    synthetic_splits, batch_size, requested, expected
+):
+    torch.set_num_threads(2)
+    seen: list[int] = []
+    result = train(
+        config(batch_size=batch_size, threads=requested, epochs=1),
+        synthetic_splits,
+        callback=lambda m: seen.append(torch.get_num_threads()),
+    )
+    expected = 2 if expected == "current" else expected
+    assert seen == [expected] and result.threads == expected
+    assert torch.get_num_threads() == 2
+
+
+def test_train_restores_the_thread_count_when_it_fails(synthetic_splits):
+    torch.set_num_threads(2)
+    with pytest.raises(TrainingDiverged):
+        train(config(lr=1e38, threads=1), synthetic_splits)
+    assert torch.get_num_threads() == 2
+
+
+def test_auto_threads_grow_with_the_step_and_keep_the_callers_count_elsewhere():
+    from softmaxreg.device import SINGLE_THREAD_MAX_ROWS, choose_threads
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    torch.set_num_threads(2)
+    assert choose_threads(SINGLE_THREAD_MAX_ROWS, 0, cpu) == 1
+    assert choose_threads(SINGLE_THREAD_MAX_ROWS + 1, 0, cpu) == 2
+    assert choose_threads(64, 0, cpu, models=SINGLE_THREAD_MAX_ROWS // 64 + 1) == 2
+    assert choose_threads(16, 0, cuda) == 2 and choose_threads(16, 3, cpu) == 3
+
+
 def test_the_library_imports_neither_optuna_nor_mlflow():
     package = Path(softmaxreg.__file__).parent
     for source in package.glob("*.py"):
