@@ -1,0 +1,148 @@
+"""The population trainer: each member must get what `train(config)` gives it alone.
+
+Members are compared figure by figure (losses, accuracies, weights) with separate `train` runs on
+the same synthetic splits; stopping and divergence must end one member and leave the others'
+figures untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from softmaxreg.config import ConfigError, TrainConfig
+from softmaxreg.model import build_model
+from softmaxreg.population import MemberResult, train_population
+from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, train
+
+
+def config(**overrides) -> TrainConfig:
+    return TrainConfig(**{"batch_size": 100, "epochs": 3, "device": "cpu", **overrides})
+
+
+def assert_same_run(member: MemberResult, alone: TrainResult) -> None:
+    assert member.error is None
+    assert member.stopped_early == alone.stopped_early
+    assert [m.epoch for m in member.epochs] == [m.epoch for m in alone.epochs]
+    for mine, theirs in zip(member.epochs, alone.epochs, strict=True):
+        for name in ("train_loss", "val_loss", "test_loss"):
+            assert getattr(mine, name) == pytest.approx(getattr(theirs, name), rel=1e-5), name
+        for name, n in (("val_accuracy", 500), ("test_accuracy", 500)):
+            assert getattr(mine, name) == pytest.approx(getattr(theirs, name), abs=1.01 / n)
+        assert mine.warmup == theirs.warmup
+    for mine, theirs in zip(member.model.parameters(), alone.model.parameters(), strict=True):
+        torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-4, atol=1e-6)
+
+
+MEMBERS = [
+    config(lr=0.01),
+    config(lr=0.003, momentum=0.9, weight_decay=1e-3),
+    config(lr=0.03, lr_schedule="cosine", warmup_steps=5, target_accuracy=0.9),
+]
+
+
+def test_members_equal_separate_train_runs(synthetic_splits):
+    results = train_population(MEMBERS, synthetic_splits)
+    assert [r.config for r in results] == MEMBERS
+    for member, cfg in zip(results, MEMBERS, strict=True):
+        alone = train(cfg, synthetic_splits)
+        assert_same_run(member, alone)
+        assert (member.time_to_target_seconds is None) == (alone.time_to_target_seconds is None)
+    # Different learning rates give different runs: the comparison above is not vacuous.
+    assert len({r.last.train_loss for r in results}) == 3
+
+
+def test_initial_weights_are_build_models(synthetic_splits):
+    cfg = config(lr=1e-30, epochs=1, seed=7)
+    results = train_population([cfg, cfg], synthetic_splits)
+    initial = build_model("logits", 7)
+    for result in results:
+        for mine, expected in zip(result.model.parameters(), initial.parameters(), strict=True):
+            torch.testing.assert_close(mine.detach(), expected.detach())
+
+
+def test_a_stopped_member_stops_alone(synthetic_splits):
+    seen: list[list[int]] = [[], [], []]
+    callbacks = [StopAt(seen[0], None), StopAt(seen[1], 1), StopAt(seen[2], None)]
+    results = train_population(MEMBERS, synthetic_splits, callbacks)
+    assert seen == [[1, 2, 3], [1], [1, 2, 3]]
+    assert [r.stopped_early for r in results] == [False, True, False]
+    assert [len(r.epochs) for r in results] == [3, 1, 3]
+    alone = train(MEMBERS[1], synthetic_splits, callback=StopAt([], 1))
+    assert_same_run(results[1], alone)
+    for index in (0, 2):
+        assert_same_run(results[index], train(MEMBERS[index], synthetic_splits))
+
+
+@dataclasses.dataclass
+class StopAt:
+    """A callback that records each epoch and asks to stop after epoch `stop_at`."""
+
+    seen: list[int]
+    stop_at: int | None
+
+    def __call__(self, metrics: EpochMetrics) -> bool:
+        self.seen.append(metrics.epoch)
+        return metrics.epoch == self.stop_at
+
+
+def test_when_every_member_stops_the_population_returns(synthetic_splits):
+    results = train_population(MEMBERS[:2], synthetic_splits, [lambda m: True] * 2)
+    assert [len(r.epochs) for r in results] == [1, 1]
+    assert all(r.stopped_early for r in results)
+
+
+def test_a_diverging_member_fails_alone(synthetic_splits):
+    configs = [MEMBERS[0], config(lr=1e35), MEMBERS[1]]
+    results = train_population(configs, synthetic_splits)
+    with pytest.raises(TrainingDiverged) as alone_error:
+        train(configs[1], synthetic_splits)
+    error = results[1].error
+    assert isinstance(error, TrainingDiverged)
+    assert (error.epoch, error.step) == (alone_error.value.epoch, alone_error.value.step) == (1, 2)
+    assert not math.isfinite(error.loss) and results[1].epochs == []
+    assert_same_run(results[0], train(configs[0], synthetic_splits))
+    assert_same_run(results[2], train(configs[2], synthetic_splits))
+
+
+def test_a_member_diverging_in_a_later_epoch_keeps_its_earlier_epochs(synthetic_splits):
+    diverging = config(lr=1.0, weight_decay=5.0, epochs=6)
+    results = train_population([diverging, config(lr=0.01, epochs=6)], synthetic_splits)
+    with pytest.raises(TrainingDiverged) as alone:
+        train(diverging, synthetic_splits)
+    error = results[0].error
+    assert error is not None and error.epoch > 1
+    assert (error.epoch, error.step) == (alone.value.epoch, alone.value.step)
+    assert [m.epoch for m in results[0].epochs] == list(range(1, error.epoch))
+    assert len(results[1].epochs) == 6 and results[1].error is None
+
+
+def test_timing_is_the_shared_pass(synthetic_splits):
+    results = train_population(MEMBERS, synthetic_splits)
+    first = [m.epoch_seconds for m in results[0].epochs]
+    for result in results:
+        assert [m.epoch_seconds for m in result.epochs] == first
+        assert result.threads == 1  # auto: 3 members x batch 100 is a small step
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("batch_size", 50), ("seed", 1), ("epochs", 2), ("threads", 2), ("model", None)],
+)
+def test_members_must_share_what_fixes_the_batches(synthetic_splits, field, value):
+    if field == "model":
+        configs = [config(model="tutorial_double_softmax")] * 2
+    else:
+        configs = [config(), config(**{field: value})]
+    with pytest.raises(ConfigError, match=f"^{field}="):
+        train_population(configs, synthetic_splits)
+
+
+def test_callbacks_must_match_configs_and_configs_must_not_be_empty(synthetic_splits):
+    with pytest.raises(ConfigError, match=r"^callbacks="):
+        train_population(MEMBERS, synthetic_splits, [None])
+    with pytest.raises(ConfigError, match=r"^configs="):
+        train_population([], synthetic_splits)
