@@ -14,8 +14,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from benchmarks.config import BenchConfig, Settings
 from softmaxreg.data import DataSplits
 from softmaxreg.device import DeviceUnavailableError, resolve_device
+from softmaxreg.device import torch_threads as torch_threads  # re-exported: one implementation
 
 
 @dataclass(frozen=True)
@@ -53,17 +53,6 @@ class Spread:
             q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
         median = statistics.median(ordered)
         return cls(median, ordered[0], ordered[-1], q1, q3, len(ordered), taken)
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Run the block with `count` intra-op threads, restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def all_threads() -> int:
@@ -158,7 +147,8 @@ class Context:
     mnist: DataSplits
     mnist_root: Path
     """Data folder holding the MNIST raw files `mnist` was loaded from (torchvision layout)."""
-    fashion: DataSplits | None
+    fashion: DataSplits | str | None
+    """Fashion-MNIST; a string says why it could not be loaded; None when no section needs it."""
     progress: Progress
     tracking_uri: str
     store_dir: Path

@@ -114,8 +114,9 @@ def prepare_store(
 
 def load_data(
     config: BenchConfig, settings: Settings, device: torch.device, scratch: Path, log
-) -> tuple[DataSplits, Path, DataSplits | None]:
-    """(MNIST splits, the data folder they came from, Fashion-MNIST splits or None)."""
+) -> tuple[DataSplits, Path, DataSplits | str | None]:
+    """(MNIST splits, the data folder they came from, Fashion-MNIST splits, or why they could not
+    be loaded, or None when no section needs them)."""
     need_fashion = "fashion_mnist" in config.sections
     if config.synthetic:
         root = scratch / "data"
@@ -139,11 +140,20 @@ def load_data(
         return splits[0], root, splits[1]
     root_arg = config.data_root or None
     mnist = load_splits("mnist", root_arg, device=device, log=log)
-    fashion = None
-    if need_fashion:
-        fashion = load_splits("fashion_mnist", root_arg, device=device, log=log)
+    fashion = load_fashion(root_arg, device, log) if need_fashion else None
+    if isinstance(fashion, DataSplits):
         fashion = limit(fashion, settings)
     return limit(mnist, settings), Path(mnist.info["raw_dir"]).parent.parent, fashion
+
+
+def load_fashion(root: str | None, device: torch.device, log) -> DataSplits | str:
+    """Fashion-MNIST, or why it cannot be had here. Only its own section needs it, so a machine
+    that cannot fetch it (offline, no local copy) skips that section instead of the whole run."""
+    try:
+        return load_splits("fashion_mnist", root, device=device, log=log)
+    except DataError as error:
+        log(f"Fashion-MNIST is not available, its section will be skipped: {error}")
+        return f"skipped: Fashion-MNIST could not be loaded ({error})"
 
 
 def limit(data: DataSplits, settings: Settings) -> DataSplits:
@@ -233,7 +243,7 @@ def run_suite(
         env = environment(device)
         suite_name = f"suite-{started:%Y%m%d-%H%M%S}" + ("-quick" if config.quick else "")
         data_tags = {"mnist_checksum": mnist.checksum, "mnist_name": mnist.name}
-        if fashion is not None:
+        if isinstance(fashion, DataSplits):
             data_tags |= {"fashion_checksum": fashion.checksum, "fashion_name": fashion.name}
         suite_run = recorder.open_suite(
             suite_name,
@@ -304,7 +314,7 @@ def run_suite(
                 f"`{d.name}` ({d.train_x.shape[0]:,} train / {d.val_x.shape[0]:,} validation / "
                 f"{d.test_x.shape[0]:,} test, checksum `{d.checksum}`)"
                 for d in (mnist, fashion)
-                if d is not None
+                if isinstance(d, DataSplits)
             ),
             "MLflow": f"experiment `benchmarks` at `{tracking_uri}`, suite run `{suite_run}` "
             "(one child run per section)",

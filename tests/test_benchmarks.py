@@ -286,3 +286,23 @@ def test_time_to_accuracy_plots_when_no_target_was_reached(tmp_path):
     written = plot(sweep, summary, (0.85, 0.84), "fashion_mnist", "fashion_mnist", context)
     for name, _ in written:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_fashion_mnist_that_cannot_be_loaded_skips_its_section_with_the_reason(monkeypatch):
+    """Offline without a local copy, only the Fashion-MNIST section is skipped, not the run."""
+    from types import SimpleNamespace
+
+    from benchmarks import fashion_mnist, runner
+    from benchmarks.common import NotMeasured
+    from softmaxreg.data import DataError
+
+    def offline(name, *args, **kwargs):
+        raise DataError(f"{name}: no source worked (offline)")
+
+    monkeypatch.setattr(runner, "load_splits", offline)
+    logged: list[str] = []
+    reason = runner.load_fashion(None, torch.device("cpu"), logged.append)
+    assert isinstance(reason, str) and reason.startswith("skipped: ")
+    assert "fashion_mnist: no source worked (offline)" in reason and logged
+    with pytest.raises(NotMeasured, match=r"^skipped: Fashion-MNIST could not be loaded"):
+        fashion_mnist.run(SimpleNamespace(fashion=reason))
