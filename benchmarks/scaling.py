@@ -86,8 +86,14 @@ def run(context: Context) -> SectionResult:
                     floor = matmul_floor(data.train_x, settings.floor_repeats)
                     floor_times.setdefault((str(device), threads), []).extend(floor.values)
                     for batch_size in settings.batch_sizes:
+                        # Threads given explicitly: this table measures each count at every
+                        # batch size, which TrainConfig's auto choice would override.
                         config = TrainConfig(
-                            batch_size=batch_size, lr=LR, epochs=1 + per_pass, device=device.type
+                            batch_size=batch_size,
+                            lr=LR,
+                            epochs=1 + per_pass,
+                            device=device.type,
+                            threads=threads,
                         )
                         try:
                             history = train(config, data).epochs
