@@ -1,0 +1,194 @@
+"""Population throughput: K models trained at once against K separate `train()` runs.
+
+    python -m benchmarks.population            # 55,000 MNIST-shaped examples, ~3 minutes
+    python -m benchmarks.population --quick    # smoke check, a few seconds
+
+On MNIST-shaped synthetic data (timing does not depend on pixel values), at one torch thread:
+for each batch size, the steady epoch time of `train()` and of `train_population()` with K
+members (learning rates spread over 0.001-0.1), interleaved over `--repeats` passes, median of
+the timed epochs (a warm-up epoch is excluded). The figure is throughput per model: train
+examples per second of one `train()` run, K x examples per second of the population; the ratio is
+what a sweep gains by training K learning rates at once (targets: >= 3x at K = 8 for batch <= 256,
+>= 4x for batch >= 1024).
+
+Then the cost of one batch-16 step: `train()`'s pass against a minimal hand-written step (gather,
+addmm, log_softmax, exp, scatter, two reductions, mm, two updates), best of repeats, so overhead
+that is not arithmetic shows as the difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
+from softmaxreg.config import TrainConfig, require, require_int
+from softmaxreg.data import DataSplits
+from softmaxreg.device import torch_threads
+from softmaxreg.population import train_population
+from softmaxreg.synthetic import make_synthetic_splits
+from softmaxreg.trainer import train
+
+TARGETS = {"small": (256, 8, 3.0), "large": (1024, 8, 4.0)}
+"""(batch-size bound, K, minimum ratio): batch <= 256 at K = 8 needs 3x, batch >= 1024 needs 4x."""
+
+
+@dataclass(frozen=True)
+class PopulationBenchConfig:
+    """Population vs separate train() runs: throughput per model at one thread."""
+
+    quick: bool = False
+    """Smoke check: 5,000 examples, batch sizes 64 and 1024, K 1 and 8, one pass."""
+
+    batch_sizes: tuple[int, ...] = (16, 64, 256, 1024, 4096)
+    """Batch sizes to measure."""
+
+    members: tuple[int, ...] = (1, 4, 8, 16, 32)
+    """Population sizes K to measure."""
+
+    repeats: int = 2
+    """Interleaved passes over every configuration; each times one epoch after a warm-up."""
+
+    n_train: int = 55000
+    """Training examples (MNIST's training split has 55,000 after the validation split)."""
+
+    threads: int = 1
+    """torch threads for every run."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_sizes", "members"):
+            values = getattr(self, name)
+            require(len(values) > 0, name, values, "one or more values")
+            for value in values:
+                require_int(value, name, 1)
+        require_int(self.repeats, "repeats", 1)
+        require_int(self.n_train, "n_train", 100)
+        require_int(self.threads, "threads", 1)
+
+
+QUICK = {"batch_sizes": (64, 1024), "members": (1, 8), "repeats": 1, "n_train": 5000}
+
+
+def member_configs(batch_size: int, count: int, threads: int) -> list[TrainConfig]:
+    """K configs differing only in learning rate (log-spaced 0.001-0.1, all stable)."""
+    lrs = [0.001 * 100 ** (i / max(count - 1, 1)) for i in range(count)]
+    return [
+        TrainConfig(batch_size=batch_size, lr=lr, epochs=2, device="cpu", threads=threads)
+        for lr in lrs
+    ]
+
+
+def measure(config: PopulationBenchConfig, data: DataSplits) -> list[dict[str, float]]:
+    """Median steady epoch seconds of train() and of each population size, per batch size."""
+    times: dict[tuple[int, int], list[float]] = {}
+    for number in range(1, config.repeats + 1):
+        for batch_size in config.batch_sizes:
+            print(f"  pass {number}/{config.repeats}, batch {batch_size}", flush=True)
+            alone = train(member_configs(batch_size, 1, config.threads)[0], data)
+            times.setdefault((batch_size, 0), []).append(alone.epochs[1].epoch_seconds)
+            for count in config.members:
+                configs = member_configs(batch_size, count, config.threads)
+                results = train_population(configs, data)
+                times.setdefault((batch_size, count), []).append(results[0].epochs[1].epoch_seconds)
+    n = data.train_x.shape[0]
+    rows = []
+    for batch_size in config.batch_sizes:
+        alone = statistics.median(times[(batch_size, 0)])
+        for count in config.members:
+            together = statistics.median(times[(batch_size, count)])
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "members": count,
+                    "train_epoch_s": alone,
+                    "population_epoch_s": together,
+                    "train_samples_per_s": n / alone,
+                    "population_samples_per_s_per_model": count * n / together,
+                    "ratio": count * alone / together,
+                }
+            )
+    return rows
+
+
+def print_table(rows: list[dict[str, float]]) -> None:
+    print(
+        f"{'batch':>6} {'K':>3} {'train epoch s':>13} {'pop epoch s':>11} "
+        f"{'train samples/s':>15} {'pop samples/s/model':>19} {'ratio':>6}"
+    )
+    for row in rows:
+        print(
+            f"{row['batch_size']:>6} {row['members']:>3} {row['train_epoch_s']:>13.3f} "
+            f"{row['population_epoch_s']:>11.3f} {row['train_samples_per_s']:>15,.0f} "
+            f"{row['population_samples_per_s_per_model']:>19,.0f} {row['ratio']:>5.2f}x"
+        )
+    for name, (bound, count, target) in TARGETS.items():
+        chosen = [
+            r
+            for r in rows
+            if r["members"] == count
+            and (r["batch_size"] <= bound if name == "small" else r["batch_size"] >= bound)
+        ]
+        if chosen:
+            worst = min(r["ratio"] for r in chosen)
+            verdict = "met" if worst >= target else "MISSED"
+            side = "<=" if name == "small" else ">="
+            print(
+                f"{verdict:>6}: K={count}, batch {side} {bound}: worst {worst:.2f}x (>= {target}x)"
+            )
+
+
+def minimal_step_seconds(data: DataSplits, batch_size: int, order: torch.Tensor) -> float:
+    """One pass of the bare arithmetic of a step, no loss kept: the floor a step can reach."""
+    x, y = data.train_x, data.train_y.view(1, -1)
+    weight, bias = torch.zeros(10, x.shape[1]), torch.zeros(10, 1)
+    grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+    start = time.perf_counter()
+    for batch in order.split(batch_size):
+        xb, yb = x.index_select(0, batch), y.index_select(1, batch)
+        grad = torch.log_softmax(torch.addmm(bias, weight, xb.t()), dim=0).exp_()
+        grad.scatter_(0, yb, -1.0, reduce="add").div_(batch.shape[0])
+        torch.mm(grad, xb, out=grad_weight)
+        torch.sum(grad, dim=1, keepdim=True, out=grad_bias)
+        weight.add_(grad_weight, alpha=-1e-3)
+        bias.add_(grad_bias, alpha=-1e-3)
+    return time.perf_counter() - start
+
+
+def step_profile(data: DataSplits, batch_size: int = 16, repeats: int = 5) -> tuple[float, float]:
+    """(train()'s step, the minimal step) in microseconds at `batch_size`, best of `repeats`."""
+    steps = math.ceil(data.train_x.shape[0] / batch_size)
+    config = TrainConfig(batch_size=batch_size, lr=1e-3, epochs=2, device="cpu", threads=1)
+    ours, minimal = [], []
+    order = torch.randperm(data.train_x.shape[0], generator=torch.Generator().manual_seed(0))
+    for _ in range(repeats):
+        ours.append(train(config, data).epochs[1].epoch_seconds)
+        minimal.append(minimal_step_seconds(data, batch_size, order))
+    return min(ours) / steps * 1e6, min(minimal) / steps * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__)
+    add_dataclass_arguments(parser, PopulationBenchConfig)
+    config = dataclass_from_args(parser, PopulationBenchConfig, parser.parse_args(argv))
+    if config.quick:
+        config = PopulationBenchConfig(quick=True, threads=config.threads, **QUICK)
+    data = make_synthetic_splits(n_train=config.n_train, n_val=1000, n_test=1000, seed=0)
+    with torch_threads(config.threads):
+        print(f"population vs train(): {config.n_train:,} examples, {config.threads} thread(s)")
+        rows = measure(config, data)
+        print_table(rows)
+        ours, minimal = step_profile(data, repeats=2 if config.quick else 5)
+    print(
+        f"batch-16 step: train() {ours:.1f} us, minimal hand-written step {minimal:.1f} us "
+        f"({ours / minimal:.2f}x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
