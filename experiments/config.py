@@ -36,6 +36,8 @@ ObjectiveName = Literal["val_accuracy", "accuracy_vs_time"]
 SAMPLER_CHOICES: tuple[str, ...] = get_args(SamplerName)
 PRUNER_CHOICES: tuple[str, ...] = get_args(PrunerName)
 OBJECTIVE_CHOICES: tuple[str, ...] = get_args(ObjectiveName)
+GRACE_HEARTBEATS = 3
+"""A trial or worker silent for this many heartbeats counts as dead."""
 STUDY_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 WORKER_SEED_STRIDE = 1_000_003
 """Sampler seeds of different workers are this far apart (a prime), so no two workers of a study
@@ -73,7 +75,9 @@ class SweepConfig:
 
     sampler_seed: int = 0
     """Seed of the sampler. Worker k uses sampler_seed + k * 1000003, and on resume the seed is
-    offset by the trials already run, so no two workers and no two invocations repeat a draw."""
+    offset by the trials already run, so no two workers and no two invocations repeat a draw.
+    The grid sampler keeps this seed everywhere: trial n runs the n-th point of its shuffled
+    grid in every worker."""
 
     pruner: PrunerName = "median"
     """Stop unpromising trials early: median (against COMPLETE trials of the same batch size, from
@@ -197,7 +201,7 @@ class SweepConfig:
     @property
     def grace_seconds(self) -> int:
         """Silence after which a running trial's worker counts as dead."""
-        return 3 * self.heartbeat_seconds
+        return GRACE_HEARTBEATS * self.heartbeat_seconds
 
     def grid_learning_rates(self) -> list[float]:
         low, high = self.lr_range

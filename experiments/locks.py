@@ -7,8 +7,9 @@ Who creates a store's schema, a study, its MLflow parent run or a missing child 
 by this lock, which the store guarantees across processes and machines, never by a search
 followed by a create:
 
-- SQLite (one host): an exclusive `flock` on the database file. SQLite's own locking uses
-  `fcntl` byte ranges, which `flock` does not touch, so readers and writers are not blocked.
+- SQLite (one host): an exclusive `flock` on a file beside the database, `<database>.lock`.
+  Never on the database file itself: closing any descriptor of a database file drops every
+  POSIX lock SQLite holds on it in this process, which corrupts concurrent writes.
 - PostgreSQL: a session-level advisory lock (`pg_try_advisory_lock`) keyed by the name.
 - MySQL/MariaDB: `GET_LOCK(name, timeout)`.
 
@@ -54,10 +55,13 @@ def store_lock(url: str, name: str, timeout: float = LOCK_TIMEOUT_SECONDS) -> It
         yield
 
 
+def lock_file(database: Path) -> Path:
+    return database.with_name(database.name + ".lock")
+
+
 @contextmanager
-def _file_lock(path: Path, timeout: float, url: str) -> Iterator[None]:
-    # An empty file is a valid empty SQLite database, so creating it here changes nothing.
-    with path.open("ab") as handle:
+def _file_lock(database: Path, timeout: float, url: str) -> Iterator[None]:
+    with lock_file(database).open("ab") as handle:
         deadline = time.monotonic() + timeout
         while True:
             try:

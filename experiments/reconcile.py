@@ -84,7 +84,7 @@ def reconcile_study(sweep: SweepConfig, log=print) -> tuple[Mirror, int, int]:
     report = mirror.reconcile(study)
     repaired = report.mismatches
     parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)
-    if parent.info.status == "RUNNING" and not live_workers(study, sweep.grace_seconds):
+    if parent.info.status == "RUNNING" and not live_workers(study):
         # Every worker is gone (killed, preempted) without closing the study's run.
         mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED")
         repaired += 1

@@ -123,6 +123,15 @@ def _best_lines(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:
     ]
 
 
+def _tracking_line(outcome: SweepOutcome) -> list[str]:
+    if math.isnan(outcome.tracking_seconds):  # measured by the workers, not by a coordinator
+        return []
+    return [
+        f"tracking: {outcome.tracking_seconds:.2f} s in MLflow calls over "
+        f"{outcome.trial_seconds:.1f} s of trials ({outcome.tracking_overhead_fraction:.1%})"
+    ]
+
+
 def _export_command(outcome: SweepOutcome, sweep: SweepConfig) -> str:
     command = f"python -m experiments.export --study-name {outcome.study_name}"
     if sweep.storage != DEFAULT_OPTUNA_STORAGE:
@@ -146,8 +155,7 @@ def format_report(outcome: SweepOutcome, sweep: SweepConfig, stores: Stores) -> 
         "best learning rate per batch size (chosen by validation accuracy; test is only reported):",
         best_per_batch_size_text(outcome.best_per_batch_size),
         "",
-        f"tracking: {outcome.tracking_seconds:.2f} s in MLflow calls over "
-        f"{outcome.trial_seconds:.1f} s of trials ({outcome.tracking_overhead_fraction:.1%})",
+        *_tracking_line(outcome),
         *outcome.notes,
         "",
         "written:",

@@ -67,6 +67,15 @@ def _sqlite_pragmas(connection, _record) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+    # Transactions are begun by `_begin_immediate` instead of the driver, which would start
+    # them only at the first write: Optuna reads a row "for update" and then writes it (a
+    # queued trial taken by a worker), and SQLite ignores FOR UPDATE, so two workers could both
+    # take the same queued trial. SQLAlchemy's documented recipe for pysqlite.
+    connection.isolation_level = None
+
+
+def _begin_immediate(connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then read, then write
 
 
 def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.RDBStorage:
@@ -87,6 +96,7 @@ def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
     if sqlite_file(url) is not None:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
+        event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # so every later connection gets the pragmas
     return storage
 
@@ -249,15 +259,19 @@ class SameBatchSizeMedianPruner(optuna.pruners.BasePruner):
         return self._median.prune(view, trial)  # type: ignore[arg-type]
 
 
-def make_sampler(sweep: SweepConfig, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler of one worker, seeded with `SweepConfig.worker_seed`."""
+def make_sampler(
+    sweep: SweepConfig, worker_id: int, existing_trials: int
+) -> optuna.samplers.BaseSampler:
+    """The sampler of one worker, seeded with `SweepConfig.worker_seed` (the grid excepted)."""
+    seed = sweep.worker_seed(worker_id, existing_trials)
     if sweep.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if sweep.sampler == "grid":
-        # Optuna gives trial number n < grid size grid point n: unique trial numbers, handed out
-        # by the storage, mean no two workers run the same point.
+        # Optuna gives trial number n < grid size the n-th point of the grid as shuffled by the
+        # seed: with one seed for every worker and every resume, unique trial numbers (handed
+        # out by the storage) mean no two workers ever run the same point.
         space = {"batch_size": list(sweep.batch_sizes), "lr": sweep.grid_learning_rates()}
-        return optuna.samplers.GridSampler(space, seed=seed)
+        return optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     if sweep.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     # constant_liar: trials running on other workers count as (pessimistic) results, so

@@ -25,24 +25,29 @@ running trial is stored as FAIL with the reason; run the same command again to r
 from __future__ import annotations
 
 import argparse
+import datetime
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, study_name_for
 from experiments.mirror import TrackingUnavailable
 from experiments.objective import Terminated
+from experiments.reconcile import reconcile_study
 from experiments.report import (
     format_report,
 )
-from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri, display_url
+from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
 from experiments.study import (
     SweepError,
     check_resumable,
     find_study,
 )
-from experiments.worker import SWEPT_FIELDS, run_sweep
+from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
 from experiments.workers import (
     install_signal_handlers,
     run_workers,
@@ -95,16 +100,34 @@ def check_before_start(
 def run_coordinator(argv: Sequence[str], sweep: SweepConfig, stores: Stores, name: str) -> int:
     """--workers N: run N workers, then reconcile and report on the whole study."""
     started = time.perf_counter()
+    began = datetime.datetime.now()
     status, summaries = run_workers(argv, sweep, threads_per_worker(sweep.workers))
     print("\n".join(summaries))
-    study = find_study(stores.optuna_url, name)
-    if study is None:
+    if find_study(stores.optuna_url, name) is None:  # every worker failed before starting
         return status or 1
-    print(
-        f"study {name}: {len(study.trials)} trials in {display_url(stores.optuna_url)} "
-        f"after {time.perf_counter() - started:.1f} s; compare them in MLflow "
-        f"({stores.shown()[1]})"
+    try:
+        repair = replace(sweep, study_name=name, retries=0)
+        mirror, _, _ = reconcile_study(repair, log=lambda line: print(line, file=sys.stderr))
+    except TrackingUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return status or 1
+    study = find_study(stores.optuna_url, name)
+    ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
+    mine = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get("worker") in ours and t.datetime_start and t.datetime_start >= began
+    ]
+    outcome = study_outcome(
+        study,
+        mirror,
+        Counter(t.state.name for t in mine),
+        sum(t.duration.total_seconds() for t in mine if t.duration),
+        started,
+        [],
     )
+    outcome.tracking_seconds = math.nan  # the workers spent it; each reports its own share
+    print(format_report(outcome, sweep, stores))
     return status
 
 

@@ -17,7 +17,7 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -96,7 +96,7 @@ def open_study_and_mirror(
         study, notes = open_or_create_study(
             sweep, storage, study_name, train_config, identity, optuna.samplers.RandomSampler()
         )
-        study.sampler = make_sampler(sweep, sweep.worker_seed(worker_id, len(study.trials)))
+        study.sampler = make_sampler(sweep, worker_id, len(study.trials))
         mirror = Mirror(
             stores,
             study_name,
@@ -121,8 +121,14 @@ def trials_to_run(study: optuna.Study, sweep: SweepConfig, wanted: int) -> int:
 
 
 def study_outcome(
-    study: optuna.Study, mirror: Mirror, tracker: TrialTracker, started: float, notes: list[str]
+    study: optuna.Study,
+    mirror: Mirror,
+    own_states: Mapping[str, int],
+    trial_seconds: float,
+    started: float,
+    notes: list[str],
 ) -> SweepOutcome:
+    """What this invocation did (`own_states`) beside what the whole study holds."""
     runs = mirror.call(
         search_trial_runs, mirror.stores.tracking_uri, study.study_name, mirror.study_uuid
     )
@@ -135,13 +141,13 @@ def study_outcome(
         best_per_batch_size=best_per_batch_size(trials),
         parent_run_id=str(mirror.parent_run_id),
         experiment_id=str(mirror.experiment_id),
-        new_trials=sum(tracker.own_states.values()),
+        new_trials=sum(own_states.values()),
         wall_seconds=time.perf_counter() - started,
-        trial_seconds=tracker.trial_seconds,
+        trial_seconds=trial_seconds,
         tracking_seconds=mirror.seconds,
         artifact_uri=parent.info.artifact_uri,
         notes=notes,
-        own_states=dict(tracker.own_states),
+        own_states=dict(own_states),
     )
 
 
@@ -231,6 +237,8 @@ def run_sweep(
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
     mirror.reconcile(study)
-    outcome = study_outcome(study, mirror, tracker, started, notes)
+    outcome = study_outcome(
+        study, mirror, tracker.own_states, tracker.trial_seconds, started, notes
+    )
     finish_parent_if_last(study, mirror, registry, outcome)
     return outcome

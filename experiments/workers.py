@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import optuna
 
-from experiments.config import SweepConfig
+from experiments.config import GRACE_HEARTBEATS, SweepConfig
 from experiments.objective import Terminated
 
 REGISTRY_PREFIX = "softmaxreg.worker."
@@ -57,7 +57,6 @@ class WorkerRegistry:
         self.study = study
         self.worker_id = worker_id
         self.interval = sweep.heartbeat_seconds
-        self.grace = sweep.grace_seconds
         self.key = REGISTRY_PREFIX + uuid.uuid4().hex
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat_until_stopped, daemon=True)
@@ -68,6 +67,7 @@ class WorkerRegistry:
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "beat": time.time(),
+            "interval": self.interval,
             "ended": ended,
         }
         self.study._storage.set_study_system_attr(self.study._study_id, self.key, entry)
@@ -88,11 +88,12 @@ class WorkerRegistry:
 
     def others_alive(self) -> list[dict]:
         """Other workers of the study that have beaten within the grace period and not ended."""
-        return live_workers(self.study, self.grace, exclude=self.key)
+        return live_workers(self.study, exclude=self.key)
 
 
-def live_workers(study: optuna.Study, grace: float, exclude: str = "") -> list[dict]:
-    """Registry entries of workers that beat within `grace` seconds and have not ended."""
+def live_workers(study: optuna.Study, exclude: str = "") -> list[dict]:
+    """Registry entries of workers that have not ended and beat within 3 of their own
+    heartbeat intervals (workers of one study may run with different --heartbeat-seconds)."""
     attrs = study._storage.get_study_system_attrs(study._study_id)
     now = time.time()
     return [
@@ -101,7 +102,7 @@ def live_workers(study: optuna.Study, grace: float, exclude: str = "") -> list[d
         if key.startswith(REGISTRY_PREFIX)
         and key != exclude
         and not entry.get("ended")
-        and now - float(entry.get("beat", 0)) < grace
+        and now - float(entry.get("beat", 0)) < GRACE_HEARTBEATS * float(entry.get("interval", 10))
     ]
 
 

@@ -9,10 +9,12 @@ with postgres_database("optuna") as url:   # a new database, dropped afterwards
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,37 @@ def postgres_database(prefix: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def sqlite_rows(database: Path, query: str, *args) -> list[tuple]:
+    """Rows of a read-only query on a SQLite file a running sweep writes to ([] until the file
+    and its tables exist). Plain SQL: a second Optuna storage would race the sweep's schema."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute(query, args).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def recorded_epochs(database: Path, trial_number: int) -> int:
+    """Epochs a sweep has stored so far on one trial of the only study in `database`."""
+    rows = sqlite_rows(
+        database,
+        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a "
+        "ON a.trial_id = t.trial_id WHERE t.number = ? AND a.key = 'epochs'",
+        trial_number,
+    )
+    return len(json.loads(rows[0][0]).get("step", [])) if rows else 0
+
+
+def trial_states(database: Path) -> list[str]:
+    return [row[0] for row in sqlite_rows(database, "SELECT state FROM trials ORDER BY number")]
+
+
+def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.05) -> None:
+    """Poll `condition()` until true: tests wait on events, never on a guess of how long."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)

@@ -8,15 +8,12 @@ temporary one, because MLflow puts artifacts in ./mlruns beside the tracking dat
 from __future__ import annotations
 
 import _thread
-import json
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +30,7 @@ from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
 from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
-from tests.services import copy_mlflow_db
+from tests.services import copy_mlflow_db, recorded_epochs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU = TrainConfig(epochs=2, device="cpu")
@@ -439,21 +436,6 @@ def test_grid_sampler_with_hyperband_covers_the_grid_once(stores, synthetic_spli
     assert len(outcome.study.trials) == 4
     assert combos == {(b, lr) for b in (32, 128) for lr in config.grid_learning_rates()}
     assert config.grid_learning_rates() == pytest.approx([0.05, 1.0])
-
-
-def recorded_epochs(database: Path, trial_number: int) -> int:
-    """Epochs the sweep has stored on a trial so far, read with plain read-only SQL (a second
-    Optuna storage in this process would race the sweep for the schema)."""
-    query = (
-        "SELECT a.value_json FROM trials t JOIN trial_user_attributes a "
-        "ON a.trial_id = t.trial_id WHERE t.number = ? AND a.key = 'epochs'"
-    )
-    try:
-        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            rows = db.execute(query, (trial_number,)).fetchall()
-    except sqlite3.Error:  # no database or no tables yet
-        return 0
-    return len(json.loads(rows[0][0]).get("step", [])) if rows else 0
 
 
 def interrupt_once_trial_has_trained(database: Path, trial_number: int) -> None:

@@ -1,0 +1,303 @@
+"""Many workers on one study, and the faults a cluster deals out: kill -9, SIGTERM, SIGHUP, a
+tracking outage. Real processes (`python -m experiments.sweep`), real stores (SQLite files, the
+local PostgreSQL, an `mlflow server`), real MNIST (read from the verified copy; trials train on
+1,000 examples so each lasts a fraction of a second).
+
+Every wait is on an event read from the stores (a trial stored an epoch, N trials are complete),
+never on a guess of how fast the machine is.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from experiments.config import SweepConfig
+from experiments.mirror import Mirror
+from experiments.objective import WORKER_LOST_REASON
+from experiments.reconcile import reconcile_study
+from softmaxreg.data import DATA_ENV_VAR
+from tests.services import (
+    MlflowServer,
+    copy_mlflow_db,
+    postgres_database,
+    recorded_epochs,
+    trial_states,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROCESS_TIMEOUT = 300
+
+
+def sweep_args(data_root: Path, *extra: str) -> list[str]:
+    """Small, fast trials on real MNIST: 1,000 training examples, 2 epochs, no pruning."""
+    return [
+        "--study-name", "workers", "--epochs", "2", "--batch-sizes", "32", "128",
+        "--lr-range", "0.05", "1", "--pruner", "none", "--val-size", "59000",
+        "--data-root", str(data_root), "--device", "cpu", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def start(cwd: Path, argv: list[str], module: str = "experiments.sweep") -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != DATA_ENV_VAR}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=PROCESS_TIMEOUT)
+    return process.returncode, out, err
+
+
+def runs_of(client: MlflowClient, study_name: str) -> tuple[list, dict[int, list]]:
+    """(parent runs, trial runs by trial number) of a study's experiment."""
+    experiment = client.get_experiment_by_name(study_name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("softmaxreg.role") == "study"]
+    children: dict[int, list] = {}
+    for run in runs:
+        if run.data.tags.get("softmaxreg.role") == "trial":
+            children.setdefault(int(run.data.tags["optuna.trial_number"]), []).append(run)
+    return parents, children
+
+
+def assert_study_mirrored(study: optuna.Study, client: MlflowClient, trials: int) -> None:
+    """`trials` trials, one parent run, and each trial ↔ exactly one run that matches it."""
+    assert len(study.trials) == trials
+    parents, children = runs_of(client, study.study_name)
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    assert parents[0].info.status == "FINISHED"
+    assert sorted(children) == [t.number for t in study.trials]
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED"}
+    for trial in study.trials:
+        (run,) = children[trial.number]
+        assert run.info.status == status[trial.state]
+        assert int(run.data.params["batch_size"]) == trial.params["batch_size"]
+        assert float(run.data.params["lr"]) == trial.params["lr"]
+        assert run.data.params["worker"] == str(trial.user_attrs["worker"])
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+
+
+def test_four_workers_start_a_new_study_at_once_on_postgresql(real_mnist_root, tmp_path):
+    """4 processes × 5 trials, started together on new PostgreSQL databases (Optuna's, and a
+    separate one behind an MLflow server): all run, 20 distinct configurations, 1 parent."""
+    with (
+        postgres_database("mlflow") as mlflow_url,
+        MlflowServer(
+            mlflow_url.replace("postgresql://", "postgresql+psycopg://"), tmp_path
+        ) as server,
+    ):
+        for attempt in range(2):  # the start-up race again, on another new database
+            with postgres_database("optuna") as optuna_url:
+                name = f"workers-{attempt}"
+                stores = ["--storage", optuna_url, "--tracking-uri", server.url]
+                common = sweep_args(
+                    real_mnist_root, "--study-name", name, *stores, "--n-trials", "5"
+                )
+                processes = [start(tmp_path, [*common, "--worker-id", str(k)]) for k in range(4)]
+                results = [finish(p) for p in processes]
+                for code, _, err in results:
+                    assert code == 0, err
+                study = optuna.load_study(study_name=name, storage=optuna_url)
+                assert all(t.state == TrialState.COMPLETE for t in study.trials)
+                configurations = {(t.params["batch_size"], t.params["lr"]) for t in study.trials}
+                assert len(configurations) == 20
+                assert sorted(t.user_attrs["worker"] for t in study.trials) == sorted(
+                    [0, 1, 2, 3] * 5
+                )
+                assert_study_mirrored(study, MlflowClient(server.url), trials=20)
+                sweep = SweepConfig(study_name=name, storage=optuna_url, tracking_uri=server.url)
+                assert reconcile_study(sweep, log=print)[2] == 0
+                # Each worker reports its own trials and the study's separately.
+                assert all("this run: 5 trials" in out for _, out, _ in results)
+                totals = [int(re.search(rf"study {name}: (\d+) trials in total", out)[1])
+                          for _, out, _ in results]  # fmt: skip
+                assert all(5 <= total <= 20 for total in totals) and max(totals) == 20
+
+
+def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
+    """`--workers 2` in a new folder: both workers run, trials are shared out, one parent."""
+    for attempt in range(2):
+        folder = tmp_path / f"attempt-{attempt}"
+        folder.mkdir()
+        code, out, err = finish(start(folder, sweep_args(real_mnist_root, "--n-trials", "6",
+                                                         "--workers", "2")))  # fmt: skip
+        assert code == 0, err
+        assert "worker 0 (exit 0): this run: 3 trials" in out
+        assert "worker 1 (exit 0): this run: 3 trials" in out
+        study = optuna.load_study(study_name="workers", storage=f"sqlite:///{folder}/optuna.db")
+        assert sorted(t.user_attrs["worker"] for t in study.trials) == [0, 0, 0, 1, 1, 1]
+        assert len({(t.params["batch_size"], t.params["lr"]) for t in study.trials}) == 6
+        assert_study_mirrored(study, MlflowClient(f"sqlite:///{folder}/mlflow.db"), trials=6)
+
+
+def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):
+    """Three processes on a 2 × 3 grid, two trials each: every point exactly once."""
+    args = sweep_args(real_mnist_root, "--sampler", "grid", "--grid-lr-points", "3",
+                      "--n-trials", "2")  # fmt: skip
+    processes = [start(tmp_path, [*args, "--worker-id", str(k)]) for k in range(3)]
+    for code, _, err in map(finish, processes):
+        assert code == 0, err
+    study = optuna.load_study(study_name="workers", storage=f"sqlite:///{tmp_path}/optuna.db")
+    points = sorted((t.params["batch_size"], t.params["lr"]) for t in study.trials)
+    grid = SweepConfig(batch_sizes=(32, 128), lr_range=(0.05, 1.0), grid_lr_points=3)
+    assert points == sorted((b, lr) for b in (32, 128) for lr in grid.grid_learning_rates())
+
+
+def endless_worker(folder: Path, data_root: Path, *extra: str) -> subprocess.Popen:
+    """A worker whose trial only ends when it is stopped, once it has stored an epoch."""
+    process = start(folder, sweep_args(data_root, "--epochs", "100000", "--n-trials", "1",
+                                       "--heartbeat-seconds", "1", *extra))  # fmt: skip
+    database = folder / "optuna.db"
+    wait_for(lambda: recorded_epochs(database, 0) >= 1 or process.poll() is not None,
+             "the trial's first stored epoch")  # fmt: skip
+    assert process.poll() is None, process.communicate()[1]
+    return process
+
+
+def test_kill_9_mid_trial_is_failed_retried_and_reconciled(real_mnist_root, tmp_path):
+    process = endless_worker(tmp_path, real_mnist_root, "--retries", "1")
+    process.kill()  # SIGKILL: nothing runs in the worker after this
+    process.communicate(timeout=PROCESS_TIMEOUT)
+    stores = {"storage": f"sqlite:///{tmp_path}/optuna.db",
+              "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # fmt: skip
+    sweep = SweepConfig(study_name="workers", heartbeat_seconds=1, **stores)
+    time.sleep(sweep.grace_seconds + 1)  # the heartbeat's grace period is the contract here
+    _, trials, repaired = reconcile_study(sweep, log=print)
+    study = optuna.load_study(study_name="workers", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.WAITING]
+    retried = study.trials[1]
+    assert retried.params == study.trials[0].params  # queued again with the same configuration
+    assert trials == 2 and repaired >= 2  # the dead trial's run, and the parent left RUNNING
+    client = MlflowClient(stores["tracking_uri"])
+    parents, children = runs_of(client, "workers")
+    (dead,) = children[0]
+    assert dead.info.status == "FAILED"
+    assert dead.data.tags["optuna.fail_reason"] == WORKER_LOST_REASON
+    assert client.get_metric_history(dead.info.run_id, "val_accuracy")  # the epochs it stored
+    assert parents[0].info.status == "KILLED"
+    assert reconcile_study(sweep, log=print)[2] == 0  # nothing left to repair
+
+    # The next command runs the queued retry first.
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "1")))
+    assert code == 0, err
+    study = optuna.load_study(study_name="workers", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].params == study.trials[0].params
+    parents, children = runs_of(client, "workers")
+    assert children[1][0].info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_like_ctrl_c(real_mnist_root, tmp_path, signum, status):
+    process = endless_worker(tmp_path, real_mnist_root)
+    process.send_signal(signum)
+    code, _, err = finish(process)
+    name = signal.Signals(signum).name
+    assert code == status, err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if name in line] == [
+        f"stopped by {name}: the running trial is stored as FAIL; run the same command again "
+        "to resume"
+    ]
+    study = optuna.load_study(study_name="workers", storage=f"sqlite:///{tmp_path}/optuna.db")
+    (trial,) = study.trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == f"interrupted by {name}"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parents, children = runs_of(client, "workers")
+    assert children[0][0].info.status == "FAILED"
+    assert children[0][0].data.tags["optuna.fail_reason"] == f"interrupted by {name}"
+    assert parents[0].info.status == "KILLED"
+    # Resumable: the same command goes on with the next trial.
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "1")))
+    assert code == 0, err
+    assert trial_states(tmp_path / "optuna.db") == ["FAIL", "COMPLETE"]
+
+
+def test_tracking_outage_stops_cleanly_and_reconcile_rebuilds(
+    real_mnist_root, tmp_path, tmp_path_factory
+):
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    copy_mlflow_db(tmp_path_factory, server_dir / "mlflow.db")
+    server = MlflowServer(f"sqlite:///{server_dir / 'mlflow.db'}", server_dir)
+    server.start()
+    try:
+        wait_seconds = 4
+        process = start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "500",
+                        "--tracking-uri", server.url,
+                        "--tracking-wait-seconds", str(wait_seconds)))  # fmt: skip
+        database = tmp_path / "optuna.db"
+        wait_for(lambda: trial_states(database).count("COMPLETE") >= 2, "two complete trials")
+        server.stop()
+        stopped = time.monotonic()
+        code, _, err = finish(process)
+        waited = time.monotonic() - stopped
+        assert code == 1, err
+        assert "Traceback" not in err
+        assert f"retrying for up to {wait_seconds} s" in err
+        assert f"unreachable for {wait_seconds} s" in err.splitlines()[-1]
+        # Within the stated wait plus one trial (well under a second here) and slack for
+        # process start-up on a busy machine: not the minutes MLflow's own retries would take.
+        assert waited < wait_seconds + 30
+        study = optuna.load_study(study_name="workers", storage=f"sqlite:///{database}")
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        assert len(complete) >= 2
+        for trial in complete:  # everything measured is in Optuna, whatever MLflow holds
+            assert trial.user_attrs["epochs"]["step"] == [1, 2]
+            assert trial.user_attrs["best_val_accuracy"] == trial.value
+
+        server.start()  # back, same port, same database
+        sweep = SweepConfig(study_name="workers", storage=f"sqlite:///{database}",
+                            tracking_uri=server.url)  # fmt: skip
+        repaired = reconcile_study(sweep, log=print)[2]
+        assert repaired >= 1
+        client = MlflowClient(server.url)
+        _, children = runs_of(client, "workers")
+        for trial in complete:
+            (run,) = children[trial.number]
+            assert run.info.status == "FINISHED"
+            history = client.get_metric_history(run.info.run_id, "val_accuracy")
+            assert sorted(m.step for m in history) == [1, 2]
+            assert run.data.metrics["best_val_accuracy"] == trial.value
+        assert reconcile_study(sweep, log=print)[2] == 0
+    finally:
+        server.stop()
+
+
+def test_mirror_is_idempotent(real_mnist_root, tmp_path):
+    """Syncing a finished trial again changes nothing: no second run, no doubled history."""
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "1")))
+    assert code == 0, err
+    sweep = SweepConfig(study_name="workers", storage=f"sqlite:///{tmp_path}/optuna.db",
+                        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # fmt: skip
+    mirror, _, _ = reconcile_study(sweep, log=print)
+    assert isinstance(mirror, Mirror)
+    study = optuna.load_study(study_name="workers", storage=sweep.storage)
+    for _ in range(2):
+        mirror.sync(study.trials[0])
+    client = MlflowClient(sweep.tracking_uri)
+    _, children = runs_of(client, "workers")
+    (run,) = children[0]
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
