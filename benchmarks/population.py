@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -179,13 +180,16 @@ def main(argv: list[str] | None = None) -> int:
         config = PopulationBenchConfig(quick=True, threads=config.threads, **QUICK)
     data = make_synthetic_splits(n_train=config.n_train, n_val=1000, n_test=1000, seed=0)
     with torch_threads(config.threads):
-        print(f"population vs train(): {config.n_train:,} examples, {config.threads} thread(s)")
+        print(
+            f"population vs train(): {config.n_train:,} examples, {config.threads} thread(s), "
+            f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+        )
         rows = measure(config, data)
         print_table(rows)
         ours, minimal = step_profile(data, repeats=2 if config.quick else 5)
     print(
         f"batch-16 step: train() {ours:.1f} us, minimal hand-written step {minimal:.1f} us "
-        f"({ours / minimal:.2f}x)"
+        f"({ours / minimal:.2f}x); load average at the end {os.getloadavg()[0]:.2f}"
     )
     return 0
 

@@ -1,13 +1,15 @@
 """softmaxreg: softmax regression on MNIST, a fast reusable trainer and its benchmarks.
 
-The library half: data (`load_splits`), model (`SoftmaxRegression`), trainer (`train`), config
-(`TrainConfig`, `DataConfig`). It knows nothing of Optuna or MLflow; `experiments/` wires those in.
+The library half: data (`load_splits`), model (`SoftmaxRegression`), trainer (`train`), K models
+at once on shared batches (`train_population`), config (`TrainConfig`, `DataConfig`). It knows
+nothing of Optuna or MLflow; `experiments/` wires those in.
 """
 
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.data import DATASETS, DataError, DatasetSpec, DataSplits, load_splits
 from softmaxreg.device import DeviceUnavailableError, environment, resolve_device, synchronize
 from softmaxreg.model import SoftmaxRegression, TutorialDoubleSoftmax, build_model
+from softmaxreg.population import MemberResult, train_population
 from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, evaluate, train
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "DatasetSpec",
     "DeviceUnavailableError",
     "EpochMetrics",
+    "MemberResult",
     "SoftmaxRegression",
     "TrainConfig",
     "TrainResult",
@@ -31,4 +34,5 @@ __all__ = [
     "resolve_device",
     "synchronize",
     "train",
+    "train_population",
 ]

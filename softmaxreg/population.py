@@ -41,7 +41,7 @@ from softmaxreg.trainer import (
     EpochMetrics,
     TrainingDiverged,
     TrainResult,
-    evaluate,
+    epoch_metrics,
     first_non_finite,
     step_losses,
     weighted_train_loss,
@@ -236,25 +236,11 @@ class Population:
         train_loss = float(
             weighted_train_loss(losses.view(1, -1), self.batch_size, self.n_train)[0]
         )
-        eval_start = time.perf_counter()
-        val_loss, val_accuracy = evaluate(model, self.data.val_x, self.data.val_y)
-        test_loss, test_accuracy = evaluate(model, self.data.test_x, self.data.test_y)
-        synchronize(self.device)
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            epoch_seconds=epoch_seconds,
-            eval_seconds=time.perf_counter() - eval_start,
-            samples_per_second=self.n_train / epoch_seconds,
-            train_seconds_total=self.train_seconds_total,
-            warmup=epoch == 1,
+        metrics = epoch_metrics(
+            model, self.data, epoch, train_loss, epoch_seconds, self.train_seconds_total
         )
         self.histories[member].append(metrics)
-        if self.time_to_target[member] is None and val_accuracy >= config.target_accuracy:
+        if self.time_to_target[member] is None and metrics.val_accuracy >= config.target_accuracy:
             self.time_to_target[member] = self.train_seconds_total
         callback = self.callbacks[member]
         if callback is not None and callback(metrics) and epoch < config.epochs:

@@ -209,6 +209,34 @@ def first_non_finite(losses: torch.Tensor) -> int | None:
     return int((~finite).nonzero()[0, 0]) + 1
 
 
+def epoch_metrics(
+    model: nn.Module,
+    data: DataSplits,
+    epoch: int,
+    train_loss: float,
+    epoch_seconds: float,
+    train_seconds_total: float,
+) -> EpochMetrics:
+    """Evaluate `model` on the validation and test splits and gather the epoch's figures."""
+    eval_start = time.perf_counter()
+    val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
+    test_loss, test_accuracy = evaluate(model, data.test_x, data.test_y)
+    synchronize(data.val_x.device)
+    return EpochMetrics(
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_accuracy=val_accuracy,
+        test_loss=test_loss,
+        test_accuracy=test_accuracy,
+        epoch_seconds=epoch_seconds,
+        eval_seconds=time.perf_counter() - eval_start,
+        samples_per_second=data.train_x.shape[0] / epoch_seconds,
+        train_seconds_total=train_seconds_total,
+        warmup=epoch == 1,
+    )
+
+
 def train(
     config: TrainConfig,
     data: DataSplits,
@@ -276,29 +304,10 @@ def _train(
             loss = float(losses[0, diverged_step - 1])
             raise TrainingDiverged(epoch, diverged_step, loss, config.lr)
         train_loss = float(weighted_train_loss(losses, batch_size, n_train)[0])
-
-        eval_start = time.perf_counter()
-        val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
-        test_loss, test_accuracy = evaluate(model, data.test_x, data.test_y)
-        synchronize(device)
-        eval_seconds = time.perf_counter() - eval_start
-
         train_seconds_total += epoch_seconds
-        if time_to_target is None and val_accuracy >= config.target_accuracy:
+        metrics = epoch_metrics(model, data, epoch, train_loss, epoch_seconds, train_seconds_total)
+        if time_to_target is None and metrics.val_accuracy >= config.target_accuracy:
             time_to_target = train_seconds_total
-        metrics = EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            test_loss=test_loss,
-            test_accuracy=test_accuracy,
-            epoch_seconds=epoch_seconds,
-            eval_seconds=eval_seconds,
-            samples_per_second=n_train / epoch_seconds,
-            train_seconds_total=train_seconds_total,
-            warmup=epoch == 1,
-        )
         history.append(metrics)
         if callback is not None and callback(metrics) and epoch < config.epochs:
             stopped_early = True
