@@ -9,7 +9,8 @@ Benchmarks (one module each): `tutorial_speed` (the tutorial's DataLoader pipeli
 trainer at bs 100), `scaling` (epoch time and throughput for bs 16-4096 vs a matmul floor),
 `time_to_accuracy` (best lr per batch size, then seconds to 92% validation accuracy),
 `tutorial_bug` (the tutorial's double softmax vs logits), `tracking_overhead` (MLflow logging
-per trial), `sweep_throughput` (trials per minute of the default sweep), `fashion_mnist` (the
+per trial), `sweep_throughput` (trials per minute of the default sweep), `sweep_workers` (the
+same with 1 and 2 worker processes, side by side), `fashion_mnist` (the
 time-to-accuracy table on Fashion-MNIST).
 
 Output in `--out` (default ./benchmark-results): report.md, one CSV per table, PNG plots, and an

@@ -21,6 +21,7 @@ SectionName = Literal[
     "tutorial_bug",
     "tracking_overhead",
     "sweep_throughput",
+    "sweep_workers",
     "fashion_mnist",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source

@@ -45,6 +45,7 @@ SECTION_MODULES: dict[str, str] = {
     "tutorial_bug": "benchmarks.tutorial_bug",
     "tracking_overhead": "benchmarks.tracking_overhead",
     "sweep_throughput": "benchmarks.sweep_throughput",
+    "sweep_workers": "benchmarks.sweep_workers",
     "fashion_mnist": "benchmarks.fashion_mnist",
 }
 
@@ -75,6 +76,9 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         "tracking_overhead": 2 * s.tracking_repeats * s.tracking_epochs * bs100 + 3,
         # A default sweep (40 trials, 10 epochs, some pruned) takes about two minutes here.
         "sweep_throughput": (s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.3 + 5,
+        # Four runs of the same sweep as processes (1, 2, 2, 1 workers): start-up included.
+        "sweep_workers": 4
+        * ((s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.25 + 15),
     }
     cost["fashion_mnist"] = cost["time_to_accuracy"]
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up

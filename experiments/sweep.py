@@ -35,8 +35,8 @@ from dataclasses import replace
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, study_name_for
+from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import TrackingUnavailable
-from experiments.objective import Terminated
 from experiments.reconcile import reconcile_study
 from experiments.report import (
     format_report,
@@ -49,7 +49,6 @@ from experiments.study import (
 )
 from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
 from experiments.workers import (
-    install_signal_handlers,
     run_workers,
     threads_per_worker,
 )

@@ -20,6 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from tqdm import tqdm
 
+from experiments.interrupts import GATE
 from experiments.mirror import Mirror, TrackingUnavailable
 from softmaxreg.trainer import TrainingDiverged
 
@@ -48,6 +49,7 @@ class TrialTracker:
             self.mirror.sync(frozen, patient=False)
         except TrackingUnavailable as error:
             self.log(f"trial {trial.number} starts without its MLflow run for now: {error}")
+        GATE.raise_pending()
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna's after-trial callback: the trial is finished and stored; mirror it."""
@@ -56,6 +58,7 @@ class TrialTracker:
         self.synced.add(trial._trial_id)
         self.progress.update()
         self.progress.set_postfix_str(best_so_far(study), refresh=True)
+        GATE.raise_pending()  # a signal held during the writes stops the worker here
 
     def _count(self, trial: FrozenTrial) -> None:
         if trial._trial_id in self.counted:
@@ -89,23 +92,31 @@ def best_so_far(study: optuna.Study) -> str:
     )
 
 
-class _OneLineDivergence(logging.Filter):
-    """Optuna logs a caught exception with its traceback; a diverging lr needs one line, not a
-    stack trace (the reason is in the trial's `fail_reason`)."""
+class _OneLineFailures(logging.Filter):
+    """Optuna logs a failed trial with its traceback. A diverging lr needs one line, not a stack
+    trace (the reason is in the trial's `fail_reason`); an interrupted trial needs none, since
+    the sweep prints its own line for Ctrl-C, SIGTERM and SIGHUP."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], TrainingDiverged):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, KeyboardInterrupt):
+            return False
+        if isinstance(error, TrainingDiverged):
             record.exc_info = None
             record.exc_text = None
         return True
 
 
 @contextlib.contextmanager
-def quiet_divergence() -> Iterator[None]:
-    logger = logging.getLogger("optuna")
-    one_line = _OneLineDivergence()
-    logger.addFilter(one_line)
+def quiet_failures() -> Iterator[None]:
+    # On Optuna's handlers, not its logger: a logger's filters skip records of child loggers
+    # (optuna.study._optimize logs the failures), a handler's see them all.
+    handlers = logging.getLogger("optuna").handlers
+    one_line = _OneLineFailures()
+    for handler in handlers:
+        handler.addFilter(one_line)
     try:
         yield
     finally:
-        logger.removeFilter(one_line)
+        for handler in handlers:
+            handler.removeFilter(one_line)

@@ -13,10 +13,10 @@ beats there while it runs and marks itself ended when it stops. The last worker 
 other live entry) finishes the study's parent run; a worker that vanished (kill -9) stops
 beating and counts as dead after the grace period. Liveness of trials is Optuna's own heartbeat.
 
-Signals: SIGTERM and SIGHUP become `Terminated`, handled like Ctrl-C: the running trial is
-stored as FAIL with its reason, its run is closed, one line is printed and the process exits
-with 128 + the signal number (143, 129). The coordinator passes SIGTERM and SIGHUP on to its
-workers (Ctrl-C reaches them directly, as they share its terminal).
+Signals: a worker handles them through `experiments.interrupts` (Ctrl-C, SIGTERM and SIGHUP
+store the running trial as FAIL with its reason, close its run, print one line and exit 130,
+143, 129). The coordinator passes SIGTERM and SIGHUP on to its workers (Ctrl-C reaches them
+directly, as they share its terminal).
 """
 
 from __future__ import annotations
@@ -34,20 +34,9 @@ from collections.abc import Sequence
 import optuna
 
 from experiments.config import GRACE_HEARTBEATS, SweepConfig
-from experiments.objective import Terminated
+from experiments.interrupts import SIGNAL_EXIT
 
 REGISTRY_PREFIX = "softmaxreg.worker."
-SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
-
-
-def raise_terminated(signum: int, _frame) -> None:
-    """Signal handler: SIGTERM/SIGHUP interrupt the main thread like Ctrl-C does."""
-    raise Terminated(signal.Signals(signum).name, SIGNAL_EXIT[signal.Signals(signum)])
-
-
-def install_signal_handlers() -> None:
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_terminated)
 
 
 class WorkerRegistry:
@@ -166,8 +155,8 @@ def run_workers(argv: Sequence[str], sweep: SweepConfig, threads: int) -> tuple[
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     for index, process, output in zip(indices, processes, outputs, strict=True):
-        first = (output or "").strip().splitlines()[:1]
-        summary = first[0] if first else "no report"
+        own = [line for line in (output or "").splitlines() if line.startswith("this run:")]
+        summary = own[0] if own else "no report"
         summaries.append(f"worker {sweep.worker_id + index} (exit {process.returncode}): {summary}")
     codes = [p.returncode for p in processes]
     if forwarder.received is not None:
