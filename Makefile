@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall whenever the dependency list changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint sweep export train bench bench-quick ui clean
+.PHONY: install test lint sweep export train bench bench-quick ui dashboard clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ bench-quick: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Optuna's own view of the study (installs the optional `dashboard` extra on first use).
+dashboard: $(STAMP)
+	test -x $(BIN)/optuna-dashboard || $(BIN)/python -m pip install --quiet -e '.[dashboard]'
+	$(BIN)/optuna-dashboard sqlite:///optuna.db --host 127.0.0.1 --port 8080
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

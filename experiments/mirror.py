@@ -47,16 +47,24 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from experiments.config import Stores
+from experiments.interrupts import GATE
 from experiments.locks import store_lock
+from experiments.model_registry import (
+    best_trial_with_weights,
+    log_best_model,
+    registered_model_name,
+)
 from experiments.run_record import (
     DIGEST_TAG,
     RUN_STATUS_OF_STATE,
     as_params,
     as_tags,
+    dataset_input,
     millis,
     record_digest,
     trial_metrics,
     trial_params,
+    trial_run_name,
     trial_tags,
 )
 from experiments.study import study_lock_name
@@ -66,7 +74,6 @@ from experiments.tracking import (
     TRIAL_NUMBER_TAG,
     log_batch_in_chunks,
     search_study_runs,
-    trial_run_name,
 )
 
 # Logical errors are bugs to report at once; anything else (refused connections, timeouts,
@@ -76,6 +83,9 @@ NOT_TRANSIENT = {
     for code in (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST)
 }
 RETRY_PAUSE_SECONDS = 2.0
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
 
 
 class TrackingUnavailable(RuntimeError):
@@ -115,7 +125,8 @@ class Mirror:
         self.study_uuid = study_uuid
         self.wait_seconds = wait_seconds
         self.log = log
-        self.client = MlflowClient(stores.tracking_uri)
+        # The registry is the tracking store's own, whatever the process-wide default says.
+        self.client = MlflowClient(stores.tracking_uri, registry_uri=stores.tracking_uri)
         self.seconds = 0.0
         """Wall seconds spent in MLflow calls (for the tracking-overhead figure)."""
         self.experiment_id: str | None = None
@@ -156,6 +167,7 @@ class Mirror:
                     f"{self.wait_seconds:.0f} s"
                 )
                 announced = True
+            GATE.raise_pending()  # Ctrl-C or SIGTERM does not wait for the store to come back
             time.sleep(min(RETRY_PAUSE_SECONDS, max(self.wait_seconds - waited, 0.05)))
         self.seconds += time.monotonic() - started
         if announced:
@@ -173,7 +185,8 @@ class Mirror:
         experiment = self.client.get_experiment_by_name(self.study_name)
         if experiment is None:
             try:
-                return self.client.create_experiment(self.study_name)
+                tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                return self.client.create_experiment(self.study_name, tags=tags)
             except MlflowException as error:  # another worker created it a moment ago
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
@@ -181,6 +194,10 @@ class Mirror:
         if experiment.lifecycle_stage == LifecycleStage.DELETED:
             # A deleted experiment keeps its name reserved; bring it back rather than fail.
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            self.client.set_experiment_tag(
+                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
         return experiment.experiment_id
 
     def ensure_parent_run(
@@ -250,7 +267,7 @@ class Mirror:
                     run = self.call(
                         self.client.create_run,
                         self._experiment_id(),
-                        run_name=trial_run_name(trial.number),
+                        run_name=trial_run_name(trial),
                         start_time=millis(trial.datetime_start),
                         tags={
                             ROLE_TAG: "trial",
@@ -279,6 +296,9 @@ class Mirror:
             tags=as_tags(tags),
             patient=patient,
         )
+        data = dataset_input(trial)
+        if data is not None:  # MLflow keeps one input per dataset and run: idempotent
+            self.call(self.client.log_inputs, run_id, [data], patient=patient)
         status = RUN_STATUS_OF_STATE[trial.state]
         if trial.state.is_finished():
             end = millis(trial.datetime_complete)
@@ -286,6 +306,17 @@ class Mirror:
         else:
             self.call(self.client.update_run, run_id, status=status, patient=patient)
         return run_id
+
+    def ensure_best_model(self, study: optuna.Study) -> str | None:
+        """Log and register the best trial's model unless its version exists; return the new
+        version. Called when the study's parent run closes, and by a repair of a closed study."""
+        trial = best_trial_with_weights(study)
+        if trial is None:
+            return None
+        run_id = self.sync(trial)
+        name = registered_model_name(self.study_name)
+        uri = self.stores.tracking_uri
+        return self.call(log_best_model, self.client, uri, run_id, trial, name, self.study_uuid)
 
     def reconcile(self, study: optuna.Study) -> ReconcileReport:
         """Every trial gets exactly one run matching its record; stale trials are failed first."""
@@ -309,7 +340,14 @@ class Mirror:
             if run is None or not _matches(run, trial):
                 self.sync(trial)
                 synced += 1
+        if self._parent_closed() and self.ensure_best_model(study) is not None:
+            synced += 1  # the model was missing: a repair
         return ReconcileReport(trials=len(trials), synced=synced, duplicates_removed=removed)
+
+    def _parent_closed(self) -> bool:
+        """While workers run (parent RUNNING) the best trial may still change: no model yet."""
+        parent = self.call(self.client.get_run, self.parent_run_id)
+        return parent.info.status != "RUNNING"
 
 
 def _matches(run, trial: FrozenTrial) -> bool:

@@ -10,8 +10,13 @@ told FAIL (divergence, Ctrl-C, SIGTERM, SIGHUP). Optuna's storage is the source 
 MLflow run (`experiments.mirror`) is a copy rebuilt from these attributes, and nothing here
 knows MLflow. A worker killed with -9 loses only the epoch it was in.
 
-Each trial trains `--repeats` seeds; the first seed's validation accuracy is reported per epoch
-to the pruner (one learning curve per trial) and the objective is the mean over the seeds.
+Each trial trains `--repeats` seeds; the first seed's best validation accuracy so far is
+reported per epoch to the pruner (one learning curve per trial) and the objective is the mean
+over the seeds. Best-so-far, not the epoch's own value: the objective is the best epoch's
+accuracy, so the pruner compares like with like, and a pruned trial's value (Optuna keeps its
+last intermediate value) is the `best_val_accuracy` its MLflow run shows, not a dip after it.
+A COMPLETE trial also stores its first seed's final weights (`weights`, see
+`experiments.weights`), from which the best trial's MLflow model is built.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import optuna
 
 from experiments.config import SweepConfig
+from experiments.weights import WEIGHTS_ATTR, encode_weights
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, train
@@ -139,7 +145,8 @@ class EpochRecorder:
         self.trial.set_user_attr("epochs", self.table())
         if seed_index == 0 and self.report_to_pruner:
             # Only the first seed's curve is reported: one learning curve per trial.
-            self.trial.report(metrics.val_accuracy, metrics.epoch)
+            best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
+            self.trial.report(best_so_far, metrics.epoch)
             return self.trial.should_prune()
         return False
 
@@ -205,8 +212,10 @@ class Objective:
         if results[-1].stopped_early:
             last = results[-1].last
             raise optuna.TrialPruned(
-                f"pruned after epoch {last.epoch}: val accuracy {last.val_accuracy:.4f}"
+                f"pruned after epoch {last.epoch}: best val accuracy "
+                f"{results[-1].best_val_accuracy:.4f}"
             )
+        trial.set_user_attr(WEIGHTS_ATTR, encode_weights(results[0].model))
         accuracy = summary["best_val_accuracy"]
         if self.sweep.multi_objective:
             seconds = summary["time_to_target_seconds"]

@@ -21,6 +21,7 @@ import optuna
 import pandas as pd
 
 from experiments.objective import fail_reason
+from experiments.run_record import summary_metric_name
 from experiments.tracking import TRIAL_NUMBER_TAG
 from softmaxreg.data import write_atomically
 
@@ -143,7 +144,9 @@ def _mlflow_row(run: pd.Series) -> dict[str, object]:
         "mlflow_run_id": run["run_id"],
     }
     for name in SUMMARY_COLUMNS:
-        value = run.get(f"metrics.{name}")
+        # A run names its summary figures apart from its per-epoch curves; the columns keep the
+        # figure's own name.
+        value = run.get(f"metrics.{summary_metric_name(name)}")
         if value is not None and not pd.isna(value):
             row[name] = float(value)
     for name, convert in SETTING_COLUMNS.items():

@@ -161,6 +161,7 @@ def finish_parent_if_last(
         outcome.notes += write_study_artifacts(
             study, outcome.trials, outcome.best_per_batch_size, Path(folder)
         )
+        mirror.ensure_best_model(study)
         mirror.finish_parent_run("FINISHED", study_metrics(outcome.trials), Path(folder))
 
 

@@ -101,7 +101,7 @@ def test_export_writes_one_documented_row_per_trial(finished_sweep, tmp_path, ca
         assert row["objective_value"] == pytest.approx(trial.value)
         metrics = client.get_run(row["mlflow_run_id"]).data.metrics
         assert row["test_accuracy_at_best_val"] == pytest.approx(
-            metrics["test_accuracy_at_best_val"]
+            metrics["summary/test_accuracy_at_best_val"]
         )
         assert {"seed_0.val_accuracy", "seed_1.val_accuracy"} <= set(metrics)
 

@@ -8,6 +8,7 @@ temporary one, because MLflow puts artifacts in ./mlruns beside the tracking dat
 from __future__ import annotations
 
 import _thread
+import math
 import socket
 import subprocess
 import sys
@@ -91,14 +92,16 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     assert parent.info.run_id == outcome.parent_run_id
     assert parent.info.status == "FINISHED"
     children = runs["trial"]
-    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1", "trial-2"]
+    assert sorted(r.info.run_name.split()[0] for r in children) == ["trial-0", "trial-1", "trial-2"]
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert len(study.trials) == 3
     child_by_number = child_runs(client, "test-study")
     for trial in study.trials:
         run = child_by_number[trial.number]
-        assert run.info.run_name == f"trial-{trial.number}"
+        # The name says the configuration, so every legend does too.
+        bs, lr = trial.params["batch_size"], trial.params["lr"]
+        assert run.info.run_name == f"trial-{trial.number} bs{bs} lr{lr:.3g}"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == "FINISHED" and trial.state == TrialState.COMPLETE
         # Every config field is a param, with the values this trial used.
@@ -106,6 +109,9 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
         assert int(params["batch_size"]) == trial.params["batch_size"]
         assert float(params["lr"]) == pytest.approx(trial.params["lr"])
         assert params["trial_number"] == str(trial.number)
+        assert float(params["log10_lr"]) == pytest.approx(math.log10(lr), abs=1e-4)
+        assert float(params["log2_batch_size"]) == math.log2(bs)
+        assert "" not in params.values() and "" not in run.data.tags.values()
         for name in ("epochs", "momentum", "seed", "device", "dataset", "val_size", "optimizer"):
             assert name in params
         assert params["epochs"] == "2" and params["device"] == "cpu"
@@ -123,8 +129,9 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
             history = client.get_metric_history(run.info.run_id, metric)
             assert sorted(m.step for m in history) == [1, 2], metric
         val_history = client.get_metric_history(run.info.run_id, "val_accuracy")
-        # Summary metrics agree with the curve and with what Optuna recorded.
-        summary = run.data.metrics
+        # Summary metrics agree with the curve and with what Optuna recorded; each is one value
+        # at step 0 under a name of its own, never mistaken for a per-epoch curve.
+        summary = {k.removeprefix("summary/"): v for k, v in run.data.metrics.items()}
         assert summary["best_val_accuracy"] == pytest.approx(max(m.value for m in val_history))
         assert summary["best_val_accuracy"] == pytest.approx(trial.value)
         assert trial.user_attrs["test_accuracy_at_best_val"] == pytest.approx(
@@ -134,6 +141,13 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
         assert trial.user_attrs["total_train_seconds"] == pytest.approx(
             summary["total_train_seconds"]
         )
+        best_history = client.get_metric_history(run.info.run_id, "summary/best_val_accuracy")
+        assert [m.step for m in best_history] == [0]
+        assert "best_val_accuracy" not in run.data.metrics
+        assert "final_train_loss" not in summary  # the train_loss curve's last point says it
+        # The data is a dataset input: name, and the checksum of its bytes as digest.
+        (data,) = run.inputs.dataset_inputs
+        assert (data.dataset.name, data.dataset.digest) == ("synthetic", synthetic_splits.checksum)
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "best_per_batch_size.csv", "best_per_batch_size.md"} <= artifacts
@@ -146,7 +160,8 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     assert second.new_trials == 3
     runs = runs_by_role(client, "test-study")
     assert len(runs["study"]) == 1
-    assert sorted(r.info.run_name for r in runs["trial"]) == [f"trial-{n}" for n in range(6)]
+    names = sorted(r.info.run_name.split()[0] for r in runs["trial"])
+    assert names == sorted(f"trial-{n}" for n in range(6))
     assert len(optuna.load_study(study_name="test-study", storage=stores["storage"]).trials) == 6
     assert list(second.trials["trial_number"]) == list(range(6))
 
@@ -174,7 +189,13 @@ def test_pruned_and_diverged_trials_get_their_own_mlflow_status(stores, syntheti
     assert pruned_run.data.tags["optuna.trial_state"] == "PRUNED"
     history = client.get_metric_history(pruned_run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]  # stopped before epoch 3
-    assert pruned_run.data.metrics["epochs_completed"] == 2
+    assert pruned_run.data.metrics["summary/epochs_completed"] == 2
+    # The value Optuna keeps for a pruned trial (its last intermediate value) is the best
+    # validation accuracy its run shows, not the last epoch's.
+    pruned = study.trials[2]
+    assert pruned.value == pruned.user_attrs["best_val_accuracy"]
+    assert pruned.value == pruned_run.data.metrics["summary/best_val_accuracy"]
+    assert pruned.value == max(m.value for m in history)
 
     for failed in study.trials[3:]:
         assert "diverged" in failed.user_attrs["fail_reason"]
@@ -420,7 +441,7 @@ def test_postgresql_as_optuna_storage(stores, synthetic_splits):
         runs = child_runs(client, name)
         for trial in reloaded.trials:
             run = runs[trial.number]
-            assert run.info.run_name == f"trial-{trial.number}"
+            assert run.info.run_name.split()[0] == f"trial-{trial.number}"
             assert run.data.tags["optuna.study_name"] == name
     finally:
         storage = open_storage(url)

@@ -280,7 +280,7 @@ def test_tracking_outage_stops_cleanly_and_reconcile_rebuilds(
             assert run.info.status == "FINISHED"
             history = client.get_metric_history(run.info.run_id, "val_accuracy")
             assert sorted(m.step for m in history) == [1, 2]
-            assert run.data.metrics["best_val_accuracy"] == trial.value
+            assert run.data.metrics["summary/best_val_accuracy"] == trial.value
         assert reconcile_study(sweep, log=print)[2] == 0
     finally:
         server.stop()
