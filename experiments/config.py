@@ -92,8 +92,8 @@ class SweepConfig:
 
     workers: int = 1
     """Worker processes on this machine, all running trials of the same study through its
-    storage. Each gets max(1, cores // workers) torch threads, so the cores are not
-    oversubscribed."""
+    storage. Each gets max(1, cores // workers) torch threads (or --threads if given), so the
+    cores are not oversubscribed."""
 
     worker_id: int = 0
     """Number of the first worker started by this command: it seeds that worker's sampler and is

@@ -119,6 +119,9 @@ class Mirror:
     ) -> None:
         # Our own bounded retry decides how long to wait; MLflow's would add minutes of silence.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        # MLflow 3 prints a "View run" link on stdout for every run it ends on a server: the
+        # report prints where the runs are, once.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.stores = stores
         self.study_name = study_name

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import optuna
 
 from experiments.config import SweepConfig
+from experiments.interrupts import GATE, Terminated
 from experiments.weights import WEIGHTS_ATTR, encode_weights
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
@@ -68,16 +69,6 @@ SUMMARY_FIGURES = (
 
 SETTING_NAMES = ("target_accuracy", "epochs", "seed", "momentum", "weight_decay", "model")
 """TrainConfig fields every trial records among its settings (the swept ones are its params)."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP: stop like Ctrl-C. A KeyboardInterrupt, so Optuna marks the running
-    trial FAIL and re-raises it instead of treating it as the objective's error."""
-
-    def __init__(self, signal_name: str, exit_status: int) -> None:
-        super().__init__(signal_name)
-        self.signal_name = signal_name
-        self.exit_status = exit_status
 
 
 def interruption_reason(error: BaseException) -> str:
@@ -142,12 +133,13 @@ class EpochRecorder:
         while len(self.histories) <= seed_index:
             self.histories.append([])
         self.histories[seed_index].append((metrics, int(time.time() * 1000)))
-        self.trial.set_user_attr("epochs", self.table())
-        if seed_index == 0 and self.report_to_pruner:
-            # Only the first seed's curve is reported: one learning curve per trial.
-            best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
-            self.trial.report(best_so_far, metrics.epoch)
-            return self.trial.should_prune()
+        with GATE.deferred():  # a signal stops training here, after the epoch is stored
+            self.trial.set_user_attr("epochs", self.table())
+            if seed_index == 0 and self.report_to_pruner:
+                # Only the first seed's curve is reported: one learning curve per trial.
+                best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
+                self.trial.report(best_so_far, metrics.epoch)
+                return self.trial.should_prune()
         return False
 
     def table(self) -> dict[str, list[float]]:
@@ -201,7 +193,8 @@ class Objective:
             trial.set_user_attr("fail_reason", str(error))
             raise
         except BaseException as error:  # Ctrl-C, SIGTERM, SIGHUP or a bug: say so, then FAIL
-            trial.set_user_attr("fail_reason", interruption_reason(error))
+            with GATE.deferred():
+                trial.set_user_attr("fail_reason", interruption_reason(error))
             raise
         summary = summarise(results)
         for name in SUMMARY_FIGURES:
@@ -238,7 +231,8 @@ class Objective:
         results = []
         for index, seed in enumerate(self.seeds):
             callback = functools.partial(recorder.on_epoch, index)
-            result = train(replace(config, seed=seed), self.data, callback)
+            with GATE.interruptible():
+                result = train(replace(config, seed=seed), self.data, callback)
             results.append(result)
             if result.stopped_early:
                 break

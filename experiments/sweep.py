@@ -96,11 +96,14 @@ def check_before_start(
     return stores
 
 
-def run_coordinator(argv: Sequence[str], sweep: SweepConfig, stores: Stores, name: str) -> int:
+def run_coordinator(
+    argv: Sequence[str], sweep: SweepConfig, threads: int, stores: Stores, name: str
+) -> int:
     """--workers N: run N workers, then reconcile and report on the whole study."""
     started = time.perf_counter()
     began = datetime.datetime.now()
-    status, summaries = run_workers(argv, sweep, threads_per_worker(sweep.workers))
+    # --threads as given, else the cores shared out so N workers do not oversubscribe them.
+    status, summaries = run_workers(argv, sweep, threads or threads_per_worker(sweep.workers))
     print("\n".join(summaries))
     if find_study(stores.optuna_url, name) is None:  # every worker failed before starting
         return status or 1
@@ -140,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(error))
     data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
     if sweep.workers > 1:
-        return run_coordinator(argv, sweep, stores, study_name_for(sweep, data_config))
+        name = study_name_for(sweep, data_config)
+        return run_coordinator(argv, sweep, train_config.threads, stores, name)
     install_signal_handlers()
     try:
         outcome = run_sweep(sweep, train_config, data_config, data)

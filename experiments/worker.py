@@ -39,7 +39,7 @@ from experiments.study import (
     open_storage,
 )
 from experiments.tracking import search_trial_runs
-from experiments.trial_tracker import TrialTracker, quiet_divergence
+from experiments.trial_tracker import TrialTracker, quiet_failures
 from experiments.workers import WorkerRegistry
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
@@ -220,7 +220,7 @@ def run_sweep(
     )
     try:
         mirror.reconcile(study)
-        with quiet_divergence():
+        with quiet_failures():
             study.optimize(
                 objective,
                 n_trials=n_trials,

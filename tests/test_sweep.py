@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import math
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from optuna.trial import TrialState, create_trial
 
 from experiments.config import SweepConfig
 from experiments.export import main as export_main
+from experiments.interrupts import install_signal_handlers
 from experiments.results import best_per_batch_size, best_per_batch_size_markdown
 from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
@@ -480,11 +482,15 @@ def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits, tmp_pa
     watcher = threading.Thread(
         target=interrupt_once_trial_has_trained, args=(database, 1), daemon=True
     )
+    previous = signal.getsignal(signal.SIGINT)
+    install_signal_handlers()  # as the command does: the interrupt waits for a safe point
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
         run_sweep(replace(config, n_trials=5), endless, DataConfig(), synthetic_splits,
                   log=lambda _: None)  # fmt: skip
     watcher.join(timeout=5)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, previous if signum == signal.SIGINT else signal.SIG_DFL)
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
