@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from experiments.objective import fail_reason
+from experiments.objective import SUMMARY_FIGURES, fail_reason
 from experiments.run_record import summary_metric_name
 from experiments.tracking import TRIAL_NUMBER_TAG
 from softmaxreg.data import write_atomically
@@ -83,18 +83,7 @@ BEST_PER_BATCH_SIZE_COLUMNS: dict[str, str] = {
 """Columns of the best-learning-rate-per-batch-size table, in order, with their meaning."""
 
 # Summary figures (user attributes in Optuna, metrics in MLflow) that are table columns.
-SUMMARY_COLUMNS = (
-    "best_val_accuracy",
-    "best_val_accuracy_std",
-    "test_accuracy_at_best_val",
-    "final_val_accuracy",
-    "final_test_accuracy",
-    "time_to_target_seconds",
-    "total_train_seconds",
-    "steady_epoch_seconds",
-    "steady_samples_per_second",
-    "epochs_completed",
-)
+SUMMARY_COLUMNS = tuple(name for name in TRIAL_COLUMNS if name in SUMMARY_FIGURES)
 # Trial settings (user attribute `settings`, MLflow params as strings) that are table columns.
 SETTING_COLUMNS: dict[str, Callable[[str], object]] = {
     "target_accuracy": float,
