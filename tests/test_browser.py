@@ -1,0 +1,160 @@
+"""MLflow's UI in a real browser: what a user following the README sees of a small sweep.
+
+Debian's Chromium and chromedriver (`.ci/run` installs them) driven by Selenium, against a real
+`mlflow server` on 127.0.0.1 holding a 3-trial sweep. Screenshots go to the test's folder, and
+to `$SOFTMAXREG_SCREENSHOTS` when set (how docs/ was made). Skipped, saying why, only where no
+browser is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments.config import SweepConfig
+from experiments.worker import run_sweep
+from softmaxreg.config import DataConfig, TrainConfig
+from tests.services import MlflowServer, copy_mlflow_db
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1600,1000")  # fmt: skip
+EPOCHS, TRIALS = 3, 3
+PAGE_SECONDS = 60  # the first page compiles MLflow's bundle on a busy 2-core machine
+
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium missing: pip install -e .[dev]"
+)
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(
+        f"no browser: {CHROMIUM} or {CHROMEDRIVER} missing (apt-get install chromium "
+        "chromium-driver; .ci/run does)",
+        allow_module_level=True,
+    )
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def served_sweep(tmp_path_factory, synthetic_splits):
+    """A finished 3-trial sweep tracked through a real `mlflow server`."""
+    folder = tmp_path_factory.mktemp("browser")
+    copy_mlflow_db(tmp_path_factory, folder / "mlflow.db")
+    with MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder) as server:
+        config = SweepConfig(
+            study_name="browser-study", n_trials=TRIALS, batch_sizes=(32, 128),
+            lr_range=(0.05, 1.0), quiet=True, storage=f"sqlite:///{folder / 'optuna.db'}",
+            tracking_uri=server.url,
+        )  # fmt: skip
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            outcome = run_sweep(config, TrainConfig(epochs=EPOCHS, device="cpu"), DataConfig(),
+                                synthetic_splits, log=lambda _: None)  # fmt: skip
+        yield server.url, outcome
+
+
+@pytest.fixture
+def browser(tmp_path):
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def shoot(driver, tmp_path: Path, name: str) -> None:
+    driver.save_screenshot(str(tmp_path / name))
+    if os.environ.get("SOFTMAXREG_SCREENSHOTS"):
+        shutil.copy(tmp_path / name, Path(os.environ["SOFTMAXREG_SCREENSHOTS"]) / name)
+
+
+def page_text(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def wait_for_text(driver, *texts: str) -> str:
+    WebDriverWait(driver, PAGE_SECONDS, 0.5).until(
+        lambda d: all(text in page_text(d) for text in texts),
+        f"never showed {texts}",
+    )
+    return page_text(driver)
+
+
+# Plotly keeps each chart's data on its element: the points a user sees, readable as JSON.
+SCROLL_DOWN = """
+document.querySelectorAll('main *').forEach(node => {
+  if (node.scrollHeight > node.clientHeight + 50) node.scrollTop += 300;
+});
+"""
+CHART_POINTS = """
+const title = plot => {
+  for (let node = plot; node; node = node.parentElement) {
+    const first = (node.innerText || '').split('\\n')[0].trim();
+    if (first && isNaN(Number(first.replace('\u2212', '-')))) return first;
+  }
+  return '';
+};
+return Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
+  title: title(plot), traces: (plot.data || []).map(trace => (trace.x || []).length),
+}));
+"""
+
+
+def test_a_user_sees_the_runs_their_figures_and_the_plots(served_sweep, browser, tmp_path):
+    url, outcome = served_sweep
+    experiment = f"{url}/#/experiments/{outcome.experiment_id}"
+    children = outcome.trials
+
+    # The README's URL opens the runs, not MLflow's GenAI overview.
+    browser.get(f"{experiment}/runs?workflowType=machine_learning")
+    text = wait_for_text(browser, "browser-study", f"{TRIALS + 1} matching runs")
+    assert "Usage" not in text and "Token Usage" not in text
+    # The parent's row folds its child runs: the button in its name cell unfolds them.
+    browser.find_element(
+        By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"
+    ).click()
+    columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
+    names = [f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns]
+    wait_for_text(browser, *names)
+    shoot(browser, tmp_path, "runs_table.png")
+
+    # A child run: its batch size, lr and validation accuracy, and the per-epoch curve.
+    best = children.loc[children["best_val_accuracy"].idxmax()]
+    run_page = f"{experiment}/runs/{best['mlflow_run_id']}"
+    browser.get(f"{run_page}?workflowType=machine_learning")
+    text = wait_for_text(browser, "batch_size", "log10_lr", "summary/best_val_accuracy")
+    assert str(int(best["batch_size"])) in text and f"{best['best_val_accuracy']:.4g}"[:5] in text
+    shoot(browser, tmp_path, "child_run.png")
+    browser.get(f"{run_page}/model-metrics?workflowType=machine_learning")
+    wait_for_text(browser, "val_accuracy")
+    deadline = time.monotonic() + PAGE_SECONDS
+    while time.monotonic() < deadline:
+        charts = browser.execute_script(CHART_POINTS)
+        curve = [c for c in charts if c["title"] == "val_accuracy"]
+        if curve and curve[0]["traces"]:
+            break
+        browser.execute_script(SCROLL_DOWN)  # charts are drawn only once scrolled into view
+        time.sleep(0.5)
+    assert curve and set(curve[0]["traces"]) == {EPOCHS}, charts  # a line and its markers
+    shoot(browser, tmp_path, "child_metrics.png")
+
+    # The parent's plots render as images.
+    for plot in ("validation_curves.png", "best_lr_per_batch_size.png"):
+        browser.get(f"{experiment}/runs/{outcome.parent_run_id}/artifacts/{plot}"
+                    "?workflowType=machine_learning")  # fmt: skip
+        WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+            lambda d: d.execute_script(
+                "return Array.from(document.images).some(i => i.complete && i.naturalWidth > 400)"
+            ),
+            f"{plot} never rendered",
+        )
+        shoot(browser, tmp_path, f"parent_{plot}")
