@@ -23,6 +23,9 @@ SectionName = Literal[
     "sweep_throughput",
     "sweep_workers",
     "fashion_mnist",
+    "accuracy_ceiling",
+    "contention",
+    "population",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source
 
@@ -143,6 +146,30 @@ class Settings:
     """Test examples of synthetic data."""
     synthetic_val: int
     """Validation examples carved from the synthetic training set."""
+    ceiling_batch_sizes: tuple[int, ...]
+    """Batch sizes of the accuracy-ceiling selection grid."""
+    ceiling_lrs: tuple[float, ...]
+    """Learning rates of that grid (each under every schedule)."""
+    ceiling_epochs: tuple[int, ...]
+    """Epoch budgets of that grid."""
+    ceiling_weight_decays: tuple[float, ...]
+    """Weight decays of that grid."""
+    sklearn_cs: tuple[float, ...]
+    """Inverse L2 strengths of scikit-learn's LogisticRegression, chosen on validation."""
+    sklearn_max_iter: int
+    """lbfgs iterations per scikit-learn fit."""
+    contention_batch_sizes: tuple[int, ...]
+    """Batch sizes of the contention benchmark."""
+    contention_epochs: int
+    """Epochs per timed trial under contention."""
+    contention_tutorial_examples: int
+    """Training images per epoch of the tutorial pipeline under contention (ours trains on the
+    whole split): its slowdown is its own busy / quiet ratio, and a full epoch of it takes
+    minutes at batch 16 once its threads wait on a busy core."""
+    contention_rounds: int
+    """Alternating quiet/busy rounds; medians are compared."""
+    population_quick: bool
+    """Run the population benchmark at its quick sizes."""
 
 
 FULL = Settings(
@@ -165,6 +192,17 @@ FULL = Settings(
     synthetic_train=12000,
     synthetic_test=2000,
     synthetic_val=2000,
+    ceiling_batch_sizes=(64, 128),
+    ceiling_lrs=(0.03, 0.1, 0.3),
+    ceiling_epochs=(10, 20, 40),
+    ceiling_weight_decays=(0.0, 1e-3),
+    sklearn_cs=(0.005, 0.01, 0.02, 0.05, 0.1),
+    sklearn_max_iter=1000,
+    contention_batch_sizes=(16, 256),
+    contention_epochs=2,
+    contention_tutorial_examples=10000,
+    contention_rounds=3,
+    population_quick=False,
 )
 
 QUICK = Settings(
@@ -187,4 +225,15 @@ QUICK = Settings(
     synthetic_train=1600,
     synthetic_test=400,
     synthetic_val=400,
+    ceiling_batch_sizes=(64,),
+    ceiling_lrs=(0.1, 0.3),
+    ceiling_epochs=(2,),
+    ceiling_weight_decays=(0.0,),
+    sklearn_cs=(0.01, 0.1),
+    sklearn_max_iter=50,
+    contention_batch_sizes=(256,),
+    contention_epochs=1,
+    contention_tutorial_examples=256,
+    contention_rounds=1,
+    population_quick=True,
 )

@@ -47,6 +47,9 @@ SECTION_MODULES: dict[str, str] = {
     "sweep_throughput": "benchmarks.sweep_throughput",
     "sweep_workers": "benchmarks.sweep_workers",
     "fashion_mnist": "benchmarks.fashion_mnist",
+    "accuracy_ceiling": "benchmarks.accuracy_ceiling",
+    "contention": "benchmarks.contention",
+    "population": "benchmarks.population",
 }
 
 FULL_EPOCH_SAMPLES = 55000
@@ -81,6 +84,27 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         * ((s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.25 + 15),
     }
     cost["fashion_mnist"] = cost["time_to_accuracy"]
+    # A population of K costs about K / 3 separate epochs (benchmarks.population); lbfgs fits
+    # take ~15 s each on the full data.
+    members = 3 * len(s.ceiling_lrs) * len(s.ceiling_weight_decays)
+    cost["accuracy_ceiling"] = (
+        sum(epoch_cost(bs, n_train) for bs in s.ceiling_batch_sizes)
+        * sum(s.ceiling_epochs)
+        * members
+        / 3
+        + s.seeds
+        * (max(s.ceiling_epochs) * epoch_cost(64, n_train) + 4 * s.ablation_epochs * bs100)
+        + len(s.sklearn_cs) * 15 * scale
+    )
+    cost["contention"] = (
+        s.contention_rounds
+        * 2
+        * s.contention_epochs
+        * sum(
+            3 * epoch_cost(bs, n_train) + 95e-6 * 60000 * scale for bs in s.contention_batch_sizes
+        )
+    )
+    cost["population"] = 8 if s.population_quick else 180
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
 
 

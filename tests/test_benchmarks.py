@@ -17,11 +17,20 @@ import torch
 
 from benchmarks.common import Spread, all_threads
 from benchmarks.config import QUICK, SECTIONS
+from benchmarks.population import QUICK as POPULATION_QUICK
 from benchmarks.report import format_cell, markdown_table
 from benchmarks.runner import main
 from benchmarks.time_to_accuracy import best_lrs, median_with_misses
+from softmaxreg.config import LR_SCHEDULE_CHOICES
 
 SEEDS = 2
+CEILING_POINTS = (
+    len(QUICK.ceiling_batch_sizes)
+    * len(QUICK.ceiling_epochs)
+    * len(LR_SCHEDULE_CHOICES)
+    * len(QUICK.ceiling_lrs)
+    * len(QUICK.ceiling_weight_decays)
+)
 NEEDS_REAL_MNIST = ("sweep_workers",)  # worker processes load MNIST through the verified CLI
 MEASURED_ON_SYNTHETIC = tuple(name for name in SECTIONS if name not in NEEDS_REAL_MNIST)
 N_BS = len(QUICK.batch_sizes)
@@ -121,6 +130,38 @@ EXPECTED_TABLES = [
     ("fashion_mnist", N_BS, ["batch_size", "best_lr", "median_seconds_to_0.92"]),
     ("fashion_mnist_lr_sweep", N_BS * len(QUICK.sweep_lrs), ["batch_size", "lr"]),
     ("fashion_mnist_seeds", N_BS * SEEDS, ["batch_size", "seed"]),
+    # ours, the tutorial's recipe, logits at the tutorial's settings per schedule, scikit-learn
+    (
+        "accuracy_ceiling",
+        2 + len(LR_SCHEDULE_CHOICES) + 1,
+        ["method", "configuration", "seeds", "test_accuracy_mean", "test_accuracy_sd"],
+    ),
+    (
+        "accuracy_ceiling_grid",
+        CEILING_POINTS,
+        ["batch_size", "epochs", "lr_schedule", "lr", "weight_decay", "final_val_accuracy"],
+    ),
+    (
+        "accuracy_ceiling_seeds",
+        (2 + len(LR_SCHEDULE_CHOICES)) * SEEDS,
+        ["method", "seed", "val_accuracy", "test_accuracy"],
+    ),
+    ("accuracy_ceiling_sklearn", len(QUICK.sklearn_cs), ["C", "val_accuracy", "test_accuracy"]),
+    (
+        "contention",
+        3 * len(QUICK.contention_batch_sizes),
+        ["batch_size", "pipeline", "quiet_seconds", "busy_seconds", "slowdown"],
+    ),
+    (
+        "contention_runs",
+        2 * 3 * QUICK.contention_rounds * len(QUICK.contention_batch_sizes),
+        ["round", "condition", "batch_size", "pipeline", "train_seconds", "load_average"],
+    ),
+    (
+        "population",
+        len(POPULATION_QUICK["batch_sizes"]) * len(POPULATION_QUICK["members"]),
+        ["batch_size", "members", "ratio"],
+    ),
 ]
 
 
@@ -312,3 +353,68 @@ def test_fashion_mnist_that_cannot_be_loaded_skips_its_section_with_the_reason(m
     assert "fashion_mnist: no source worked (offline)" in reason and logged
     with pytest.raises(NotMeasured, match=r"^skipped: Fashion-MNIST could not be loaded"):
         fashion_mnist.run(SimpleNamespace(fashion=reason))
+
+
+def test_accuracy_ceiling_chooses_on_validation_and_compares_on_the_same_seeds(quick_run):
+    _, out = quick_run
+    grid = read(out, "accuracy_ceiling_grid")
+    table = read(out, "accuracy_ceiling").set_index("method")
+    seeds = read(out, "accuracy_ceiling_seeds")
+    best = grid.loc[grid.final_val_accuracy.idxmax()]
+    ours = table.loc["ours (best on validation)"]
+    assert f"lr {best.lr:g}, {best.lr_schedule}" in ours.configuration
+    assert table.test_accuracy_mean.between(0, 1).all()
+    assert set(seeds.groupby("method").seed.apply(frozenset)) == {frozenset({1, 2})}
+    assert 0.0 not in set(seeds.seed), "the selection seed is not reused for reporting"
+
+
+def test_contention_reports_every_pipeline_quiet_and_busy(quick_run):
+    _, out = quick_run
+    runs = read(out, "contention_runs")
+    assert set(runs.condition) == {"quiet", "busy"}
+    assert (runs.train_seconds > 0).all()
+    summary = read(out, "contention")
+    assert (summary.slowdown > 0).all() and summary.slowdown.map(math.isfinite).all()
+
+
+def test_busy_core_runs_a_spinner_and_kills_it():
+    from benchmarks.contention import busy_core
+
+    with busy_core(False) as nothing:
+        assert nothing is None
+    with busy_core(True) as spinner:
+        assert spinner.poll() is None, "the spinner runs during the block"
+    assert spinner.returncode is not None, "and is gone after it"
+
+
+def test_choose_prefers_validation_then_fewer_epochs_then_smaller_lr():
+    from benchmarks.accuracy_ceiling import choose
+
+    grid = pd.DataFrame(
+        {
+            "epochs": [40, 10, 10, 10],
+            "lr": [0.1, 0.3, 0.1, 1.0],
+            "weight_decay": [0.0, 0.0, 0.0, 0.0],
+            "diverged": [False, False, False, True],
+            "final_val_accuracy": [0.92, 0.92, 0.92, math.nan],
+        }
+    )
+    chosen = choose(grid)
+    assert (chosen.epochs, chosen.lr) == (10, 0.1)
+
+
+def test_accuracy_ceiling_without_scikit_learn_says_so(monkeypatch):
+    import builtins
+
+    from benchmarks import accuracy_ceiling
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    reason = accuracy_ceiling.sklearn_grid(None, None)
+    assert isinstance(reason, str) and "scikit-learn is not installed" in reason
