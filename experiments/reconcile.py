@@ -81,14 +81,15 @@ def reconcile_study(sweep: SweepConfig, log=print) -> tuple[Mirror, int, int]:
             log=log,
         )
         mirror.ensure_parent_run(study, {"optuna.study_name": sweep.study_name}, reopen=False)
-    report = mirror.reconcile(study)
-    repaired = report.mismatches
+    repaired = 0
     parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)
     if parent.info.status == "RUNNING" and not live_workers(study):
-        # Every worker is gone (killed, preempted) without closing the study's run.
+        # Every worker is gone (killed, preempted) without closing the study's run. Closed
+        # first, so this same pass also keeps the best model, which waits for a closed parent.
         mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED")
         repaired += 1
-    return mirror, report.trials, repaired
+    report = mirror.reconcile(study)
+    return mirror, report.trials, repaired + report.mismatches
 
 
 def main(argv: Sequence[str] | None = None) -> int:

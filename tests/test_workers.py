@@ -36,7 +36,9 @@ from tests.services import (
     wait_for,
 )
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow]
+# Real worker processes each import torch, MLflow and Optuna and load MNIST: on a busy 2-core
+# machine a test can take minutes, well past the suite's default 300 s timeout.
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 300
