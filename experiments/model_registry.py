@@ -19,8 +19,6 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 
-import mlflow
-import mlflow.pytorch
 import numpy as np
 import optuna
 import torch
@@ -99,6 +97,8 @@ def log_best_model(
     model = model_of_trial(trial)
     if model is None:
         return None
+    import mlflow.pytorch  # here, not at the top: seconds of import every worker would pay
+
     example = input_example()
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())

@@ -84,11 +84,12 @@ def test_registered_model_loads_and_scores_its_trials_test_accuracy(
     with torch.no_grad():
         logits = model(synthetic_splits.test_x.cpu())
     expected = best.user_attrs["final_test_accuracy"]
-    assert accuracy(logits, synthetic_splits.test_y) == pytest.approx(expected, abs=1e-9)
+    tolerance = 0.5 / len(synthetic_splits.test_y)  # under half an example: the same count
+    assert accuracy(logits, synthetic_splits.test_y) == pytest.approx(expected, abs=tolerance)
     served = mlflow.pyfunc.load_model(uri)
     assert served.metadata.get_input_schema().inputs[0].shape == (-1, 784)
     predictions = served.predict(synthetic_splits.test_x.cpu().numpy())
-    assert accuracy(predictions, synthetic_splits.test_y) == pytest.approx(expected, abs=1e-9)
+    assert accuracy(predictions, synthetic_splits.test_y) == pytest.approx(expected, abs=tolerance)
     # The stored weights are the model's: rebuilding from the trial gives the same logits.
     with torch.no_grad():
         rebuilt = model_of_trial(best)(synthetic_splits.test_x.cpu())
