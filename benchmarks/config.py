@@ -162,10 +162,10 @@ class Settings:
     """Batch sizes of the contention benchmark."""
     contention_epochs: int
     """Epochs per timed trial under contention."""
-    contention_tutorial_examples: int
-    """Training images per epoch of the tutorial pipeline under contention (ours trains on the
-    whole split): its slowdown is its own busy / quiet ratio, and a full epoch of it takes
-    minutes at batch 16 once its threads wait on a busy core."""
+    contention_examples: int
+    """Training examples per epoch under contention, the same for every pipeline (the first of
+    the training split): with threads waiting on a busy core, a full epoch of a 2-thread
+    pipeline at batch 16 takes minutes here."""
     contention_rounds: int
     """Alternating quiet/busy rounds; medians are compared."""
     population_quick: bool
@@ -200,8 +200,8 @@ FULL = Settings(
     sklearn_max_iter=1000,
     contention_batch_sizes=(16, 256),
     contention_epochs=2,
-    contention_tutorial_examples=10000,
-    contention_rounds=3,
+    contention_examples=4000,
+    contention_rounds=2,
     population_quick=False,
 )
 
@@ -233,7 +233,7 @@ QUICK = Settings(
     sklearn_max_iter=50,
     contention_batch_sizes=(256,),
     contention_epochs=1,
-    contention_tutorial_examples=256,
+    contention_examples=256,
     contention_rounds=1,
     population_quick=True,
 )

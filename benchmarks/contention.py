@@ -17,6 +17,7 @@ what that costs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 from benchmarks.common import Check, Context, SectionResult, Table
 from benchmarks.tutorial_speed import TutorialNet, tutorial_loaders
 from softmaxreg.config import TrainConfig
+from softmaxreg.data import DataSplits
 from softmaxreg.trainer import train
 
 TARGET_SLOWDOWN = 2.0
@@ -55,12 +57,12 @@ def busy_core(busy: bool) -> Iterator[subprocess.Popen | None]:
         spinner.wait()
 
 
-def ours_seconds(context: Context, batch_size: int, threads: int, epochs: int) -> float:
+def ours_seconds(data: DataSplits, batch_size: int, threads: int, epochs: int) -> float:
     """Training seconds of `epochs` epochs of `train` (warm-up epoch included, eval excluded)."""
     config = TrainConfig(
-        batch_size=batch_size, lr=LR, epochs=epochs, device=context.device.type, threads=threads
+        batch_size=batch_size, lr=LR, epochs=epochs, device=str(data.device), threads=threads
     )
-    return train(config, context.mnist).total_train_seconds
+    return train(config, data).total_train_seconds
 
 
 def tutorial_seconds(loader: DataLoader, device: torch.device, epochs: int) -> float:
@@ -80,7 +82,7 @@ def tutorial_seconds(loader: DataLoader, device: torch.device, epochs: int) -> f
         return time.perf_counter() - start
 
 
-def measure(context: Context, loaders: dict[int, DataLoader]) -> pd.DataFrame:
+def measure(context: Context, data: DataSplits, loaders: dict[int, DataLoader]) -> pd.DataFrame:
     """One row per (round, condition, batch size, pipeline): seconds and the load average."""
     settings = context.settings
     epochs, rounds = settings.contention_epochs, settings.contention_rounds
@@ -95,8 +97,8 @@ def measure(context: Context, loaders: dict[int, DataLoader]) -> pd.DataFrame:
                         f"  contention: round {round_number}/{rounds}, {condition}, bs {batch_size}"
                     )
                     timings = {
-                        PIPELINES[0]: lambda bs=batch_size: ours_seconds(context, bs, 0, epochs),
-                        PIPELINES[1]: lambda bs=batch_size: ours_seconds(context, bs, 2, epochs),
+                        PIPELINES[0]: lambda bs=batch_size: ours_seconds(data, bs, 0, epochs),
+                        PIPELINES[1]: lambda bs=batch_size: ours_seconds(data, bs, 2, epochs),
                         PIPELINES[2]: lambda ld=loader: tutorial_seconds(
                             ld, context.device, epochs
                         ),
@@ -145,16 +147,20 @@ def run(context: Context) -> SectionResult:
         n_train=data.train_x.shape[0] + data.val_x.shape[0],
         n_test=data.test_x.shape[0],
     )
-    examples = min(settings.contention_tutorial_examples, len(base_train.dataset))
+    # The same number of examples for every pipeline: the first of each one's training set.
+    examples = min(settings.contention_examples, data.train_x.shape[0])
     tutorial_set = Subset(base_train.dataset, range(examples))
+    data = dataclasses.replace(
+        data, train_x=data.train_x[:examples], train_y=data.train_y[:examples]
+    )
     loaders = {
         bs: DataLoader(tutorial_set, batch_size=bs, shuffle=True)
         for bs in settings.contention_batch_sizes
     }
     # Untimed first calls of every code path (allocator, kernels, PIL), as in tutorial_speed.
-    ours_seconds(context, settings.contention_batch_sizes[0], 0, 1)
+    ours_seconds(data, settings.contention_batch_sizes[0], 0, 1)
     next(iter(loaders[settings.contention_batch_sizes[0]]))
-    frame = measure(context, loaders)
+    frame = measure(context, data, loaders)
     summary = slowdowns(frame)
 
     result = SectionResult(key="contention", title="Slowdown with one core kept busy")
@@ -163,9 +169,9 @@ def run(context: Context) -> SectionResult:
         f'vs with a CPU-bound `python -c "{SPINNER}"` subprocess spinning on one core (started '
         f"before and killed after each busy block), {settings.contention_rounds} alternating "
         f"round(s); training seconds only. Pipelines: `train` with automatic threads (1 at these "
-        f"sizes) and with 2 threads forced, on the {data.train_x.shape[0]:,} training examples; "
-        f"the tutorial's DataLoader pipeline (its default {torch.get_num_threads()} thread(s)) on "
-        f"the first {examples:,} training images per epoch. Slowdown = median busy / median quiet. "
+        f"sizes) and with 2 threads forced, and the tutorial's DataLoader pipeline (its default "
+        f"{torch.get_num_threads()} thread(s)), each on the first {examples:,} training "
+        f"examples per epoch. Slowdown = median busy / median quiet. "
         f"'Quiet' means no spinner of ours: other users of the machine still count, so the load "
         f"average of every measurement is in the table."
     )

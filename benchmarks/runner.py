@@ -96,13 +96,12 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         * (max(s.ceiling_epochs) * epoch_cost(64, n_train) + 4 * s.ablation_epochs * bs100)
         + len(s.sklearn_cs) * 15 * scale
     )
+    examples = min(s.contention_examples, n_train)
     cost["contention"] = (
         s.contention_rounds
         * 2
         * s.contention_epochs
-        * sum(
-            3 * epoch_cost(bs, n_train) + 95e-6 * 60000 * scale for bs in s.contention_batch_sizes
-        )
+        * sum(2 * epoch_cost(bs, examples) + 95e-6 * examples for bs in s.contention_batch_sizes)
     )
     cost["population"] = 8 if s.population_quick else 180
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
