@@ -35,6 +35,7 @@ def run(context: Context) -> SectionResult:
                 epochs=epochs,
                 seed=seed,
                 model=model,
+                lr_schedule="constant",  # the tutorial's, whatever TrainConfig's default
                 device=context.device.type,
             )
             for metrics in train(config, context.mnist).epochs:

@@ -115,6 +115,7 @@ def trainer_epoch(context: Context, seed: int) -> dict[str, float]:
     config = TrainConfig(
         batch_size=BATCH_SIZE,
         lr=LR,
+        lr_schedule="constant",  # the tutorial's, whatever TrainConfig's default
         epochs=1,
         seed=seed,
         device=context.device.type,

@@ -77,7 +77,8 @@ LR_SCHEDULE_CHOICES: tuple[str, ...] = get_args(LrScheduleName)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run of softmax regression with SGD. Defaults are the classic tutorial's."""
+    """One training run of softmax regression with SGD. Defaults are the classic tutorial's,
+    except the learning rate, which decays (lr_schedule cosine; constant is the tutorial's)."""
 
     batch_size: int = 100
     """Examples per SGD step (the tutorial uses 100)."""
@@ -109,9 +110,11 @@ class TrainConfig:
     """logits: Linear layer returning logits (correct). tutorial_double_softmax: the tutorial's
     softmax in forward followed by cross-entropy, kept only as an ablation."""
 
-    lr_schedule: LrScheduleName = "constant"
-    """Learning rate per step after the warm-up: constant keeps lr; linear and cosine decay it
-    from lr to 0 at the last step of the run (softmaxreg.schedule.lr_at)."""
+    lr_schedule: LrScheduleName = "cosine"
+    """Learning rate per step after the warm-up: constant keeps lr (the tutorial's); linear and
+    cosine decay it from lr to 0 at the last step of the run (softmaxreg.schedule.lr_at). cosine
+    by default: at the tutorial's bs 100, lr 0.1, 10 epochs it reaches 0.9247 +- 0.0003 test
+    accuracy on MNIST against constant's 0.9176 +- 0.0031 (benchmarks.accuracy_ceiling)."""
 
     warmup_steps: int = 0
     """Steps whose learning rate ramps linearly up to lr (lr/W, 2 lr/W, ..., lr for W steps)

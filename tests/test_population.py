@@ -109,7 +109,8 @@ def test_a_diverging_member_fails_alone(synthetic_splits):
 
 
 def test_a_member_diverging_in_a_later_epoch_keeps_its_earlier_epochs(synthetic_splits):
-    diverging = config(lr=1.0, weight_decay=5.0, epochs=6)
+    # Constant lr: a decaying one shrinks lr * weight_decay below 2 before the weights blow up.
+    diverging = config(lr=1.0, weight_decay=5.0, epochs=6, lr_schedule="constant")
     results = train_population([diverging, config(lr=0.01, epochs=6)], synthetic_splits)
     with pytest.raises(TrainingDiverged) as alone:
         train(diverging, synthetic_splits)

@@ -91,7 +91,7 @@ def test_train_applies_the_schedule_and_ends_at_lr_zero(synthetic_splits, monkey
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_scheduled_runs_differ_from_constant_and_from_each_other(synthetic_splits, schedule):
     base = {"batch_size": 200, "lr": 0.05, "epochs": 2, "device": "cpu"}
-    constant = train(TrainConfig(**base), synthetic_splits)
+    constant = train(TrainConfig(**base, lr_schedule="constant"), synthetic_splits)
     scheduled = train(TrainConfig(**base, lr_schedule=schedule), synthetic_splits)
     # The first step is identical (lr 0.05 both), so the first epoch's loss differs only later.
     assert scheduled.last.train_loss != constant.last.train_loss

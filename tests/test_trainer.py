@@ -33,7 +33,9 @@ TIMING_FIELDS = {
 
 
 def config(**overrides) -> TrainConfig:
-    return TrainConfig(**{"epochs": 3, "device": "cpu", **overrides})
+    # Constant lr: the textbook loop below is torch.optim.SGD at a fixed lr (schedules are
+    # checked in test_schedule.py).
+    return TrainConfig(**{"epochs": 3, "device": "cpu", "lr_schedule": "constant", **overrides})
 
 
 def figures(result: TrainResult) -> list[dict[str, object]]:
