@@ -218,7 +218,11 @@ def open_or_create_study(
         study.set_user_attr("dataset_checksum", data.checksum)
         study.set_user_attr("search_settings", search_settings(sweep, train_config))
         study.set_user_attr("sampler_seed", sweep.sampler_seed)
-        study.set_metric_names(["best_val_accuracy", "time_to_target_seconds"][: len(directions)])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # printed on every new study
+            study.set_metric_names(
+                ["best_val_accuracy", "time_to_target_seconds"][: len(directions)]
+            )
         study.set_user_attr("study_uuid", uuid.uuid4().hex)  # last: marks the study complete
         return study, []
     return study, check_resumable(study, sweep, train_config, data)

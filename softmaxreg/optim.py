@@ -40,11 +40,18 @@ class SGD:
                 grad.add_(param, alpha=self.weight_decay)
         updates = self.grads
         if self.momentum:
-            if self.buffers is None:
-                self.buffers = [grad.clone() for grad in self.grads]
-            else:
-                for buffer, grad in zip(self.buffers, self.grads, strict=True):
-                    buffer.mul_(self.momentum).add_(grad)
-            updates = self.buffers
+            self.buffers = updates = momentum_buffers(self.buffers, self.grads, self.momentum)
         for param, update in zip(self.params, updates, strict=True):
             param.add_(update, alpha=-self.lr)
+
+
+def momentum_buffers(
+    buffers: list[torch.Tensor] | None, grads: list[torch.Tensor], momentum: float | torch.Tensor
+) -> list[torch.Tensor]:
+    """PyTorch's momentum rule in place: b = g on the first step, then b = momentum * b + g.
+    `momentum` may be a tensor broadcast over stacked models (the population trainer)."""
+    if buffers is None:
+        return [grad.clone() for grad in grads]
+    for buffer, grad in zip(buffers, grads, strict=True):
+        buffer.mul_(momentum).add_(grad)
+    return buffers

@@ -35,6 +35,7 @@ from softmaxreg.config import TrainConfig, require
 from softmaxreg.data import DataSplits
 from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
 from softmaxreg.model import ClosedFormStep, build_model
+from softmaxreg.optim import momentum_buffers
 from softmaxreg.schedule import is_constant, lr_table
 from softmaxreg.trainer import (
     Callback,
@@ -113,12 +114,7 @@ class Stack:
                 grad.addcmul_(self.weight_decay, param)
         updates = self.grads
         if self.use_momentum:
-            if self.buffers is None:
-                self.buffers = [grad.clone() for grad in self.grads]
-            else:
-                for buffer, grad in zip(self.buffers, self.grads, strict=True):
-                    buffer.mul_(self.momentum).add_(grad)
-            updates = self.buffers
+            self.buffers = updates = momentum_buffers(self.buffers, self.grads, self.momentum)
         lr = self.lr if self.lr_steps is None else self.lr_steps[global_step]
         for param, update in zip(params, updates, strict=True):
             param.addcmul_(lr, update, value=-1.0)
