@@ -154,11 +154,12 @@ def run_workers(argv: Sequence[str], sweep: SweepConfig, threads: int) -> tuple[
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    for index, process, output in zip(indices, processes, outputs, strict=True):
+    # A worker killed by a signal reports -N; a shell would say 128 + N (kill -9: 137).
+    codes = [128 - p.returncode if p.returncode < 0 else p.returncode for p in processes]
+    for index, code, output in zip(indices, codes, outputs, strict=True):
         own = [line for line in (output or "").splitlines() if line.startswith("this run:")]
         summary = own[0] if own else "no report"
-        summaries.append(f"worker {sweep.worker_id + index} (exit {process.returncode}): {summary}")
-    codes = [p.returncode for p in processes]
+        summaries.append(f"worker {sweep.worker_id + index} (exit {code}): {summary}")
     if forwarder.received is not None:
         return SIGNAL_EXIT[forwarder.received], summaries
     return max((c for c in codes if c), default=0), summaries
