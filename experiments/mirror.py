@@ -136,6 +136,20 @@ class Mirror:
         self.parent_run_id: str | None = None
         self._run_ids: dict[int, str] = {}
 
+    @classmethod
+    def open(
+        cls, stores: Stores, study: optuna.Study, *, wait_seconds: float, log: Callable[[str], None]
+    ) -> Mirror:
+        """The study's mirror, with MLflow's schema created first under a lock: concurrent
+        first uses of one SQLite tracking file otherwise race MLflow's own migrations."""
+        mirror = cls(
+            stores, study.study_name, study.user_attrs["study_uuid"],
+            wait_seconds=wait_seconds, log=log,
+        )  # fmt: skip
+        with store_lock(stores.tracking_uri, "softmaxreg-mlflow-schema"):
+            mirror.call(mirror.client.search_experiments, max_results=1)
+        return mirror
+
     # ------------------------------------------------------------------- calls, with patience
 
     def call(self, function: Callable, *args, patient: bool = True, **kwargs):

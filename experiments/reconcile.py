@@ -26,7 +26,7 @@ from experiments.config import Stores, SweepConfig
 from experiments.locks import store_lock
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
-from experiments.study import OPTUNA_SCHEMA_LOCK, find_study, open_storage
+from experiments.study import OPTUNA_SCHEMA_LOCK, find_study
 from experiments.workers import live_workers
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
@@ -67,19 +67,11 @@ class ReconcileConfig:
 def reconcile_study(sweep: SweepConfig, log=print) -> tuple[Mirror, int, int]:
     """Reconcile `sweep.study_name`; return (mirror, trials, runs repaired)."""
     stores = Stores.from_config(sweep)
-    if find_study(stores.optuna_url, sweep.study_name) is None:
+    study = find_study(stores.optuna_url, sweep.study_name, sweep)
+    if study is None:
         raise StoreError(f"--study-name {sweep.study_name}: no such study in {stores.shown()[0]}")
-    with store_lock(stores.optuna_url, OPTUNA_SCHEMA_LOCK):
-        study = optuna.load_study(
-            study_name=sweep.study_name, storage=open_storage(stores.optuna_url, sweep)
-        )
-        mirror = Mirror(
-            stores,
-            sweep.study_name,
-            study.user_attrs["study_uuid"],
-            wait_seconds=sweep.tracking_wait_seconds,
-            log=log,
-        )
+    mirror = Mirror.open(stores, study, wait_seconds=sweep.tracking_wait_seconds, log=log)
+    with store_lock(stores.optuna_url, OPTUNA_SCHEMA_LOCK):  # who creates a missing parent
         mirror.ensure_parent_run(study, {"optuna.study_name": sweep.study_name}, reopen=False)
     repaired = 0
     parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)

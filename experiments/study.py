@@ -110,12 +110,13 @@ def _has_optuna_tables(url: str) -> bool:
         engine.dispose()
 
 
-def find_study(url: str, study_name: str) -> optuna.Study | None:
-    """The study if it exists already; never creates a file, a table or a study to find out."""
+def find_study(url: str, study_name: str, sweep: SweepConfig | None = None) -> optuna.Study | None:
+    """The study if it exists already; never creates a file, a table or a study to find out.
+    With `sweep`, its storage has the sweep's heartbeat on (to fail stale trials)."""
     if not store_exists(url) or not _has_optuna_tables(url):
         return None
     with store_lock(url, OPTUNA_SCHEMA_LOCK):  # a worker may be creating the schema right now
-        storage = open_storage(url)
+        storage = open_storage(url, sweep)
     if study_name not in {s.study_name for s in storage.get_all_studies()}:
         return None
     return optuna.load_study(study_name=study_name, storage=storage)

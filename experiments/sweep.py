@@ -105,7 +105,8 @@ def run_coordinator(
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     status, summaries = run_workers(argv, sweep, threads or threads_per_worker(sweep.workers))
     print("\n".join(summaries))
-    if find_study(stores.optuna_url, name) is None:  # every worker failed before starting
+    study = find_study(stores.optuna_url, name)
+    if study is None:  # every worker failed before starting
         return status or 1
     try:
         repair = replace(sweep, study_name=name, retries=0)
@@ -113,7 +114,6 @@ def run_coordinator(
     except TrackingUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return status or 1
-    study = find_study(stores.optuna_url, name)
     ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
     mine = [
         t

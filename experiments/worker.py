@@ -97,15 +97,7 @@ def open_study_and_mirror(
             sweep, storage, study_name, train_config, identity, optuna.samplers.RandomSampler()
         )
         study.sampler = make_sampler(sweep, worker_id, len(study.trials))
-        mirror = Mirror(
-            stores,
-            study_name,
-            study.user_attrs["study_uuid"],
-            wait_seconds=sweep.tracking_wait_seconds,
-            log=log,
-        )
-        with store_lock(stores.tracking_uri, "softmaxreg-mlflow-schema"):
-            mirror.call(mirror.client.search_experiments, max_results=1)  # schema, serialised
+        mirror = Mirror.open(stores, study, wait_seconds=sweep.tracking_wait_seconds, log=log)
         mirror.ensure_parent_run(study, parent_tags(sweep, train_config, data, stores))
     return study, mirror, notes
 
