@@ -39,6 +39,7 @@ if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     )
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
@@ -119,8 +120,10 @@ def test_a_user_sees_the_runs_their_figures_and_the_plots(served_sweep, browser,
     text = wait_for_text(browser, "browser-study", f"{TRIALS + 1} matching runs")
     assert "Usage" not in text and "Token Usage" not in text
     # The parent's row folds its child runs: the button in its name cell unfolds them.
-    browser.find_element(
-        By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']"
+    # The table renders after the run count: wait for the button rather than race the page.
+    unfold = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+        expected_conditions.element_to_be_clickable(unfold)
     ).click()
     columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
     names = [f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns]
