@@ -10,6 +10,7 @@ import torch
 
 from softmaxreg.data import DataSplits, copy_raw_files, load_splits
 from softmaxreg.synthetic import make_synthetic_splits
+from tests.services import copy_mlflow_db
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The workplace keeps a verified copy of the original MNIST files beside the checkout. Tests may
@@ -48,3 +49,15 @@ def real_mnist_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_mnist_splits(real_mnist_root) -> DataSplits:
     return load_splits("mnist", real_mnist_root, sources=("local",))
+
+
+@pytest.fixture
+def stores(tmp_path, tmp_path_factory, monkeypatch) -> dict[str, str]:
+    """Fresh Optuna and MLflow SQLite stores in tmp_path, which is also the working folder
+    (MLflow puts artifacts in ./mlruns beside a SQLite tracking database)."""
+    copy_mlflow_db(tmp_path_factory, tmp_path / "mlflow.db")
+    monkeypatch.chdir(tmp_path)
+    return {
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }

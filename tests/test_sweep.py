@@ -33,21 +33,10 @@ from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
 from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
-from tests.services import copy_mlflow_db, recorded_epochs
+from tests.services import recorded_epochs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU = TrainConfig(epochs=2, device="cpu")
-
-
-@pytest.fixture
-def stores(tmp_path, tmp_path_factory, monkeypatch) -> dict[str, str]:
-    """Fresh Optuna and MLflow SQLite stores in tmp_path, which is also the working folder."""
-    copy_mlflow_db(tmp_path_factory, tmp_path / "mlflow.db")
-    monkeypatch.chdir(tmp_path)
-    return {
-        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
 
 
 def sweep_config(stores: dict[str, str], **overrides) -> SweepConfig:
@@ -154,7 +143,10 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "best_per_batch_size.csv", "best_per_batch_size.md"} <= artifacts
     assert "optimization_history.png" in artifacts
-    assert outcome.tracking_seconds > 0 and outcome.trial_seconds > outcome.tracking_seconds
+    # Both clocks ran, inside the sweep's own (which of the two is larger depends on the
+    # machine's load: tiny synthetic trials beside MLflow's database calls).
+    assert 0 < outcome.tracking_seconds < outcome.wall_seconds
+    assert 0 < outcome.trial_seconds < outcome.wall_seconds
 
     # Same name again: the study resumes, the parent run is reused, trial numbers go on.
     second = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
