@@ -27,7 +27,14 @@ from experiments.stores import (
     sqlite_file,
     validate_tracking_uri,
 )
-from softmaxreg.config import DataConfig, require, require_int
+from softmaxreg.config import (
+    LR_SCHEDULE_CHOICES,
+    DataConfig,
+    LrScheduleName,
+    TrainConfig,
+    require,
+    require_int,
+)
 
 SamplerName = Literal["tpe", "random", "grid", "gp"]
 PrunerName = Literal["none", "median", "hyperband"]
@@ -68,7 +75,8 @@ class SweepConfig:
 
     sampler: SamplerName = "tpe"
     """Optuna sampler: tpe (Bayesian, the default), random, grid (every batch size × grid_lr_points
-    log-spaced learning rates, each run once across all workers), gp (Gaussian process)."""
+    log-spaced learning rates (× every --lr-schedules choice), each run once across all workers),
+    gp (Gaussian process)."""
 
     grid_lr_points: int = 6
     """Learning rates per batch size for --sampler grid, log-spaced over lr_range."""
@@ -89,6 +97,17 @@ class SweepConfig:
 
     repeats: int = 1
     """Seeds trained per configuration (seed, seed+1, ...); the objective is their mean."""
+
+    population: int = 1
+    """Trials trained together in one pass (softmaxreg.train_population): the worker asks Optuna
+    for up to this many trials at once, all with one batch size, trains them on the same batches
+    (one matmul for all), reports each one's epochs to its own trial for pruning and tells each
+    its result. 1 trains every trial alone. A member's time figures are those of the shared
+    pass. Needs --model logits and --objective val_accuracy."""
+
+    lr_schedules: tuple[LrScheduleName, ...] = ()
+    """Learning-rate schedules the study chooses from per trial (categorical, beside batch size
+    and lr); empty: every trial uses --lr-schedule."""
 
     workers: int = 1
     """Worker processes on this machine, all running trials of the same study through its
@@ -178,6 +197,22 @@ class SweepConfig:
             "studies): add --pruner none",
         )
         require_int(self.repeats, "repeats", 1)
+        require_int(self.population, "population", 1)
+        require(
+            self.population == 1 or not self.multi_objective,
+            "population",
+            self.population,
+            "1 with --objective accuracy_vs_time (a member's time-to-accuracy is the shared "
+            "pass's, not its own)",
+        )
+        require(
+            isinstance(self.lr_schedules, tuple)
+            and all(s in LR_SCHEDULE_CHOICES for s in self.lr_schedules)
+            and len(set(self.lr_schedules)) == len(self.lr_schedules),
+            "lr_schedules",
+            self.lr_schedules,
+            f"distinct choices among {', '.join(LR_SCHEDULE_CHOICES)} (or none)",
+        )
         require_int(self.workers, "workers", 1)
         require_int(self.worker_id, "worker_id", 0)
         require_int(self.heartbeat_seconds, "heartbeat_seconds", 1)
@@ -212,7 +247,7 @@ class SweepConfig:
         return [low * ratio**i for i in range(self.grid_lr_points - 1)] + [high]
 
     def grid_size(self) -> int:
-        return len(self.batch_sizes) * self.grid_lr_points
+        return len(self.batch_sizes) * self.grid_lr_points * max(1, len(self.lr_schedules))
 
     def worker_seed(self, worker_id: int, existing_trials: int) -> int:
         return self.sampler_seed + worker_id * WORKER_SEED_STRIDE + existing_trials
@@ -221,6 +256,16 @@ class SweepConfig:
         """This invocation's --n-trials shared out: worker `index` of `workers` runs this many."""
         share, extra = divmod(self.n_trials, self.workers)
         return share + (1 if index < extra else 0)
+
+
+def check_train_config(sweep: SweepConfig, train_config: TrainConfig) -> None:
+    """Raise `ConfigError` where the sweep's settings and the fixed training settings clash."""
+    require(
+        sweep.population == 1 or train_config.model == "logits",
+        "population",
+        sweep.population,
+        f"1 with --model {train_config.model} (a population trains the logits model only)",
+    )
 
 
 def require_seconds(value: object, field_name: str, expected: str) -> None:

@@ -58,6 +58,10 @@ means over the trial's seeds (`--repeats`):
     dataset                    dataset name
     dataset_checksum           MD5 over the raw files' MD5s: exactly which bytes were used
     git_commit                 commit of the code that ran the trial ('-dirty' if modified)
+    lr_schedule                constant, linear or cosine (searched with --lr-schedules)
+    warmup_steps               steps of linear learning-rate warm-up
+    population                 trials trained together with this one (--population; 1: alone);
+                               a member's time figures are the shared pass's
 
 Best-per-batch-size columns (`experiments.results.BEST_PER_BATCH_SIZE_COLUMNS`):
 

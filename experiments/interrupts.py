@@ -5,6 +5,8 @@
         train(...)
     with GATE.deferred():                 # a write to a store: a signal waits until it is done
         trial.set_user_attr(...)
+    GATE.hold(); ...; GATE.release()      # several writes that belong together (a population's
+                                          # epoch): a signal waits for all of them
 
 A signal raised in the middle of a database write can leave a transaction open and the SQLite
 file locked for every other worker (seen: "database is locked" after SIGTERM). So the handler
@@ -50,6 +52,7 @@ class InterruptGate:
     def __init__(self) -> None:
         self.computing = False
         self.pending: KeyboardInterrupt | None = None
+        self._before_hold: bool | None = None
 
     def on_signal(self, signum: int, _frame) -> None:
         interruption = interruption_for(signum)
@@ -79,6 +82,19 @@ class InterruptGate:
             yield
         finally:
             self.computing = before
+        self.raise_pending()
+
+    def hold(self) -> None:
+        """Hold signals from now until `release()`, even inside `interruptible()`: a population
+        stores each member's epoch in turn, and a signal must not stop it between members."""
+        if self._before_hold is None:
+            self._before_hold = self.computing
+        self.computing = False
+
+    def release(self) -> None:
+        """Back to what `hold()` interrupted; raise a signal held meanwhile."""
+        if self._before_hold is not None:
+            self.computing, self._before_hold = self._before_hold, None
         self.raise_pending()
 
 

@@ -67,7 +67,16 @@ SUMMARY_FIGURES = (
 )
 """Summary figures of a trial over its seeds: user attributes in Optuna, metrics in MLflow."""
 
-SETTING_NAMES = ("target_accuracy", "epochs", "seed", "momentum", "weight_decay", "model")
+SETTING_NAMES = (
+    "target_accuracy",
+    "epochs",
+    "seed",
+    "momentum",
+    "weight_decay",
+    "model",
+    "lr_schedule",
+    "warmup_steps",
+)
 """TrainConfig fields every trial records among its settings (the swept ones are its params)."""
 
 
@@ -126,6 +135,9 @@ class EpochRecorder:
     trial: optuna.Trial
     seeds: list[int]
     report_to_pruner: bool
+    signals_held: bool = False
+    """The caller holds signals around every call (`GATE.hold`), e.g. until each member of a
+    population has stored the epoch; otherwise each call is a `GATE.deferred` block."""
     histories: list[list[tuple[EpochMetrics, int]]] = field(default_factory=list)
 
     def on_epoch(self, seed_index: int, metrics: EpochMetrics) -> bool:
@@ -133,13 +145,18 @@ class EpochRecorder:
         while len(self.histories) <= seed_index:
             self.histories.append([])
         self.histories[seed_index].append((metrics, int(time.time() * 1000)))
+        if self.signals_held:
+            return self._store(seed_index, metrics)
         with GATE.deferred():  # a signal stops training here, after the epoch is stored
-            self.trial.set_user_attr("epochs", self.table())
-            if seed_index == 0 and self.report_to_pruner:
-                # Only the first seed's curve is reported: one learning curve per trial.
-                best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
-                self.trial.report(best_so_far, metrics.epoch)
-                return self.trial.should_prune()
+            return self._store(seed_index, metrics)
+
+    def _store(self, seed_index: int, metrics: EpochMetrics) -> bool:
+        self.trial.set_user_attr("epochs", self.table())
+        if seed_index == 0 and self.report_to_pruner:
+            # Only the first seed's curve is reported: one learning curve per trial.
+            best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
+            self.trial.report(best_so_far, metrics.epoch)
+            return self.trial.should_prune()
         return False
 
     def table(self) -> dict[str, list[float]]:
@@ -180,22 +197,51 @@ class Objective:
         return [self.train_config.seed + k for k in range(self.sweep.repeats)]
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        batch_size = trial.suggest_categorical("batch_size", list(self.sweep.batch_sizes))
-        lr = trial.suggest_float("lr", *self.sweep.lr_range, log=True)
-        config = replace(self.train_config, batch_size=batch_size, lr=lr)
-        self._store_settings(trial, config)
-        if self.on_start is not None:
-            self.on_start(trial)
-        recorder = EpochRecorder(trial, self.seeds, report_to_pruner=not self.sweep.multi_objective)
+        config = self.config_for(trial)
+        self.begin(trial, config)
+        recorder = EpochRecorder(trial, self.seeds, report_to_pruner=self.reports_to_pruner)
         try:
             results = self._train_seeds(config, recorder)
         except TrainingDiverged as error:
-            trial.set_user_attr("fail_reason", str(error))
+            self.record_divergence(trial, error)
             raise
         except BaseException as error:  # Ctrl-C, SIGTERM, SIGHUP or a bug: say so, then FAIL
-            with GATE.deferred():
-                trial.set_user_attr("fail_reason", interruption_reason(error))
+            self.record_interruption(trial, error)
             raise
+        return self.conclude(trial, results)
+
+    @property
+    def reports_to_pruner(self) -> bool:
+        return not self.sweep.multi_objective
+
+    def config_for(self, trial: optuna.Trial) -> TrainConfig:
+        """The trial's training settings: the study's choices on top of the fixed ones."""
+        batch_size = trial.suggest_categorical("batch_size", list(self.sweep.batch_sizes))
+        lr = trial.suggest_float("lr", *self.sweep.lr_range, log=True)
+        config = replace(self.train_config, batch_size=batch_size, lr=lr)
+        if self.sweep.lr_schedules:
+            schedule = trial.suggest_categorical("lr_schedule", list(self.sweep.lr_schedules))
+            config = replace(config, lr_schedule=schedule)
+        return config
+
+    def begin(self, trial: optuna.Trial, config: TrainConfig, population: int = 1) -> None:
+        """Store the trial's settings and announce it (before any training)."""
+        self._store_settings(trial, config, population)
+        if self.on_start is not None:
+            self.on_start(trial)
+
+    def record_divergence(self, trial: optuna.Trial, error: TrainingDiverged) -> None:
+        trial.set_user_attr("fail_reason", str(error))
+
+    def record_interruption(self, trial: optuna.Trial, error: BaseException) -> None:
+        with GATE.deferred():
+            trial.set_user_attr("fail_reason", interruption_reason(error))
+
+    def conclude(
+        self, trial: optuna.Trial, results: list[TrainResult]
+    ) -> float | tuple[float, float]:
+        """Store the trial's summary; raise `TrialPruned` if it stopped early, else return the
+        objective value(s), with the first seed's weights stored."""
         summary = summarise(results)
         for name in SUMMARY_FIGURES:
             value = summary[name]
@@ -215,11 +261,13 @@ class Objective:
             return accuracy, (math.inf if math.isnan(seconds) else seconds)
         return accuracy
 
-    def _store_settings(self, trial: optuna.Trial, config: TrainConfig) -> None:
+    def _store_settings(self, trial: optuna.Trial, config: TrainConfig, population: int) -> None:
         # A trial queued again after its worker died inherits the dead trial's attributes:
         # every one that describes a run is overwritten here, before training starts.
         settings = {name: getattr(config, name) for name in SETTING_NAMES}
         settings.update(repeats=self.sweep.repeats, seeds=self.seeds, device=config.device)
+        # Trained beside population - 1 other trials: its time figures are the shared pass's.
+        settings.update(population=population)
         settings.update(self.fixed_settings)
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("environment", self.environment)

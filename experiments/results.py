@@ -65,6 +65,11 @@ TRIAL_COLUMNS: dict[str, str] = {
     "dataset": "dataset name",
     "dataset_checksum": "MD5 over the raw files' MD5s: exactly which bytes were trained on",
     "git_commit": "commit of the code that ran the trial ('-dirty' if it had local changes)",
+    "lr_schedule": "learning-rate schedule (constant, linear or cosine; searched with "
+    "--lr-schedules, else the study's --lr-schedule)",
+    "warmup_steps": "steps of linear learning-rate warm-up before the schedule",
+    "population": "trials trained together in one pass with this one (1: alone); time figures "
+    "of a member are those of the shared pass",
 }
 """Columns of the per-trial table, in order, with their meaning."""
 
@@ -93,9 +98,21 @@ SETTING_COLUMNS: dict[str, Callable[[str], object]] = {
     "momentum": float,
     "weight_decay": float,
     "model": str,
+    "lr_schedule": str,
+    "warmup_steps": int,
+    "population": int,
 }
 ENVIRONMENT_COLUMNS = ("device", "device_name", "dataset", "dataset_checksum", "git_commit")
-INTEGER_COLUMNS = ("trial_number", "batch_size", "epochs", "epochs_completed", "repeats", "seed")
+INTEGER_COLUMNS = (
+    "trial_number",
+    "batch_size",
+    "epochs",
+    "epochs_completed",
+    "repeats",
+    "seed",
+    "warmup_steps",
+    "population",
+)
 
 
 def _optuna_row(study_name: str, trial: optuna.trial.FrozenTrial) -> dict[str, object]:

@@ -135,18 +135,39 @@ def search_settings(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, 
         "weight_decay": train_config.weight_decay,
         "sampler": sweep.sampler,
         "grid_lr_points": sweep.grid_lr_points,
+        "lr_schedule": train_config.lr_schedule,
+        "warmup_steps": train_config.warmup_steps,
+        "lr_schedules": list(sweep.lr_schedules),
     }
 
 
-def _stored_batch_sizes(study: optuna.Study) -> list[int] | None:
-    stored = study.user_attrs.get("search_settings", {}).get("batch_sizes")
+def _stored_choices(study: optuna.Study, param: str, setting: str) -> list | None:
+    """The choices `study` was created with for categorical `param` (kept in its search
+    settings as `setting`; for older studies, read off a trial's distribution)."""
+    stored = study.user_attrs.get("search_settings", {}).get(setting)
     if stored is not None:
         return list(stored)
     for trial in study.get_trials(deepcopy=False):
-        distribution = trial.distributions.get("batch_size")
+        distribution = trial.distributions.get(param)
         if distribution is not None:
             return list(distribution.choices)  # type: ignore[attr-defined]
     return None
+
+
+def _check_choices(
+    study: optuna.Study, param: str, setting: str, wanted: tuple, flag: str, short: str
+) -> None:
+    """Optuna cannot change a categorical's choices once a trial has used them."""
+    stored = _stored_choices(study, param, setting)
+    if not stored or not wanted or sorted(map(str, stored)) == sorted(map(str, wanted)):
+        return
+    shown = " ".join(map(str, stored))
+    raise SweepError(
+        f"study {study.study_name!r} chooses {param.replace('_', ' ')}s {shown}, not "
+        f"{' '.join(map(str, wanted))} (Optuna cannot change a categorical choice): resume "
+        f"with {flag} {shown}, or start a new study with --study-name {study.study_name}-{short}"
+        + "-".join(map(str, wanted))
+    )
 
 
 def check_resumable(
@@ -164,15 +185,8 @@ def check_resumable(
             f"study {study.study_name!r} in {shown} optimises {found}, but --objective "
             f"{sweep.objective} needs {wanted}; use another --study-name"
         )
-    batch_sizes = _stored_batch_sizes(study)
-    if batch_sizes is not None and sorted(batch_sizes) != sorted(sweep.batch_sizes):
-        raise SweepError(
-            f"study {study.study_name!r} chooses batch sizes {' '.join(map(str, batch_sizes))}, "
-            f"not {' '.join(map(str, sweep.batch_sizes))} (Optuna cannot change a categorical "
-            f"choice): resume with --batch-sizes {' '.join(map(str, batch_sizes))}, or start a "
-            f"new study with --study-name {study.study_name}-bs"
-            + "-".join(map(str, sweep.batch_sizes))
-        )
+    _check_choices(study, "batch_size", "batch_sizes", sweep.batch_sizes, "--batch-sizes", "bs")
+    _check_choices(study, "lr_schedule", "lr_schedules", sweep.lr_schedules, "--lr-schedules", "")
     stored = study.user_attrs
     if data is not None and stored.get("dataset_checksum") not in (None, data.checksum):
         raise SweepError(
@@ -276,7 +290,12 @@ def make_sampler(
         # Optuna gives trial number n < grid size the n-th point of the grid as shuffled by the
         # seed: with one seed for every worker and every resume, unique trial numbers (handed
         # out by the storage) mean no two workers ever run the same point.
-        space = {"batch_size": list(sweep.batch_sizes), "lr": sweep.grid_learning_rates()}
+        space: dict[str, list] = {
+            "batch_size": list(sweep.batch_sizes),
+            "lr": sweep.grid_learning_rates(),
+        }
+        if sweep.lr_schedules:
+            space["lr_schedule"] = list(sweep.lr_schedules)
         return optuna.samplers.GridSampler(space, seed=sweep.sampler_seed)
     if sweep.sampler == "gp":
         return optuna.samplers.GPSampler(seed=seed)

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from experiments.common import load_data_or_exit
-from experiments.config import Stores, SweepConfig, study_name_for
+from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import TrackingUnavailable
 from experiments.reconcile import reconcile_study
@@ -87,6 +87,7 @@ def check_before_start(
     sweep: SweepConfig, train_config: TrainConfig, data_config: DataConfig
 ) -> Stores:
     """Everything that can be checked before data or stores are touched; raises on failure."""
+    check_train_config(sweep, train_config)
     stores = Stores.from_config(sweep)
     check_optuna_storage(stores.optuna_url, "--storage")
     check_tracking_uri(stores.tracking_uri, "--tracking-uri")

@@ -25,10 +25,11 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from experiments.config import Stores, SweepConfig, study_name_for
+from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.locks import store_lock
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.objective import Objective
+from experiments.population_trials import PopulationTrials
 from experiments.report import SweepOutcome, study_metrics, write_study_artifacts
 from experiments.results import best_per_batch_size, trials_table
 from experiments.study import (
@@ -167,6 +168,25 @@ def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: Worke
         pass  # the next start or `python -m experiments.reconcile` closes them
 
 
+def run_trials(
+    study: optuna.Study, objective: Objective, tracker: TrialTracker, n_trials: int
+) -> None:
+    """This worker's trials: one at a time through `study.optimize`, or K at a time."""
+    sweep = objective.sweep
+    if sweep.population > 1:
+        trials = PopulationTrials(study, objective, tracker, sweep.population)
+        trials.run(n_trials, timeout=sweep.timeout or None)
+        return
+    with quiet_failures():
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            timeout=sweep.timeout or None,
+            catch=(TrainingDiverged,),
+            callbacks=[tracker],
+        )
+
+
 def run_sweep(
     sweep: SweepConfig,
     train_config: TrainConfig,
@@ -181,6 +201,7 @@ def run_sweep(
     `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds, and
     KeyboardInterrupt (`Terminated` for SIGTERM/SIGHUP) when interrupted."""
     started = time.perf_counter()
+    check_train_config(sweep, train_config)
     stores = Stores.from_config(sweep)
     study_name = study_name_for(sweep, data_config)
     device = resolve_device(train_config.device)
@@ -212,14 +233,7 @@ def run_sweep(
     )
     try:
         mirror.reconcile(study)
-        with quiet_failures():
-            study.optimize(
-                objective,
-                n_trials=n_trials,
-                timeout=sweep.timeout or None,
-                catch=(TrainingDiverged,),
-                callbacks=[tracker],
-            )
+        run_trials(study, objective, tracker, n_trials)
     except BaseException:
         progress.close()
         registry.stop()

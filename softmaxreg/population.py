@@ -26,7 +26,7 @@ member (`eval_seconds` is the member's own).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,18 +146,22 @@ def train_population(
     configs: Sequence[TrainConfig],
     data: DataSplits,
     callbacks: Sequence[Callback | None] | None = None,
+    on_epoch_end: Callable[[int], None] | None = None,
 ) -> list[MemberResult]:
     """Train every config as one population on `data`; one result per config, in order.
 
     `callbacks[i]` (optional) sees member i's `EpochMetrics` after each epoch; True stops it.
+    `on_epoch_end(epoch)` (optional) is called once per epoch after every member's callback.
     """
     check_population(configs)
     if callbacks is not None:
         require(len(callbacks) == len(configs), "callbacks", callbacks, "one per config")
     device = resolve_device(configs[0].device)
     threads = choose_threads(configs[0].batch_size, configs[0].threads, device, len(configs))
+    population = Population(configs, data, callbacks or [None] * len(configs), device)
+    population.on_epoch_end = on_epoch_end
     with torch_threads(threads):
-        return Population(configs, data, callbacks or [None] * len(configs), device).run(threads)
+        return population.run(threads)
 
 
 class Population:
@@ -184,6 +188,7 @@ class Population:
         self.stopped = [False] * len(configs)
         self.errors: list[TrainingDiverged | None] = [None] * len(configs)
         self.train_seconds_total = 0.0
+        self.on_epoch_end: Callable[[int], None] | None = None
 
     def run(self, threads: int) -> list[MemberResult]:
         generator = torch.Generator().manual_seed(self.configs[0].seed)  # train()'s shuffle
@@ -196,6 +201,8 @@ class Population:
                 for row in range(len(self.stack.members))
                 if self.end_epoch(row, epoch, losses[row], epoch_seconds)
             ]
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch)
             if not going_on:
                 break
             if len(going_on) < len(self.stack.members):

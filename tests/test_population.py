@@ -147,3 +147,21 @@ def test_callbacks_must_match_configs_and_configs_must_not_be_empty(synthetic_sp
         train_population(MEMBERS, synthetic_splits, [None])
     with pytest.raises(ConfigError, match=r"^configs="):
         train_population([], synthetic_splits)
+
+
+def test_on_epoch_end_follows_every_members_callback_once_per_epoch(synthetic_splits):
+    events: list[tuple[str, int]] = []
+    configs = [config(lr=0.01), config(lr=1e35), config(lr=0.03)]  # the second diverges
+
+    def member_callback(name: str):
+        return lambda metrics: events.append((name, metrics.epoch)) and False
+
+    callbacks = [member_callback("a"), member_callback("b"), member_callback("c")]
+    results = train_population(
+        configs,
+        synthetic_splits,
+        callbacks,
+        on_epoch_end=lambda epoch: events.append(("end", epoch)),
+    )
+    assert isinstance(results[1].error, TrainingDiverged)
+    assert events == [(name, epoch) for epoch in (1, 2, 3) for name in ("a", "c", "end")]

@@ -1,0 +1,231 @@
+"""--population K: trials asked of Optuna K at a time and trained together, then told one by one.
+
+    PopulationTrials(study, objective, tracker, size=8).run(n_trials=40, timeout=None)
+    # instead of study.optimize(objective, n_trials=40, callbacks=[tracker])
+
+Ask-and-tell: the first trial of a pass is sampled as usual; the other K - 1 are sampled with
+their batch size fixed to the first one's (`optuna.samplers.PartialFixedSampler` over the
+study's sampler; TPE's `constant_liar` makes them differ from each other and from trials running
+elsewhere). Trials whose batch size is fixed in advance (a retry of a dead worker's trial, a
+grid point) may still differ: each batch size of a pass trains as its own population. Every
+member is an ordinary trial: its settings, per-epoch figures, pruning reports, summary and
+result are stored on it exactly as `Objective` stores them for a trial trained alone, and it is
+mirrored to its own MLflow run as it starts and ends. Only its time figures differ: they are
+those of the shared pass (K models), and `settings.population` says how many shared it.
+
+Liveness: Optuna's heartbeat thread runs only inside `study.optimize`; here one thread beats for
+every member while the pass runs, so a worker killed mid-pass leaves each member to be failed
+(and retried) by the next worker or reconcile, as in single mode. Interrupted (Ctrl-C, SIGTERM,
+SIGHUP), every member still running is stored FAIL with the reason before the signal goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import fail_stale_trials
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.interrupts import GATE
+from experiments.objective import EpochRecorder, Objective
+from experiments.trial_tracker import TrialTracker
+from softmaxreg.config import TrainConfig
+from softmaxreg.population import train_population
+from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult
+
+LOGGER = optuna.logging.get_logger("optuna.population")
+"""Under Optuna's logger: the same handler, format and --quiet level as its per-trial lines."""
+
+
+@dataclass
+class Member:
+    """One trial of a population and what it has produced so far."""
+
+    trial: optuna.Trial
+    config: TrainConfig
+    recorder: EpochRecorder
+    results: list[TrainResult] = field(default_factory=list)
+    error: TrainingDiverged | None = None
+    told: bool = False
+    """The trial's result is stored (Optuna was told); nothing may tell it again."""
+
+    @property
+    def training(self) -> bool:
+        """Still to train its next seed: neither diverged nor stopped by the pruner."""
+        return self.error is None and not (self.results and self.results[-1].stopped_early)
+
+
+class Heartbeats:
+    """Beats for every trial of the running pass (Optuna's own thread beats only one)."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
+        self.storage, self.interval = storage, interval
+        self.trial_ids: list[int] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat_until_stopped, daemon=True)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, trial_id: int) -> None:
+        """Beat for `trial_id` from now on; the first beat is written before this returns, so
+        the trial never sits unbeaten (a trial with no beat at all is never failed as stale)."""
+        with self._lock:
+            self.trial_ids.append(trial_id)
+            self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.trial_ids = []
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                for trial_id in self.trial_ids:
+                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+
+
+class PopulationTrials:
+    """This worker's trials, K at a time; the ask-and-tell counterpart of `study.optimize`."""
+
+    def __init__(
+        self, study: optuna.Study, objective: Objective, tracker: TrialTracker, size: int
+    ) -> None:
+        self.study, self.objective, self.tracker, self.size = study, objective, tracker, size
+
+    def run(self, n_trials: int, timeout: float | None) -> None:
+        """Start at most `n_trials` trials; stop starting passes after `timeout` seconds."""
+        started = time.monotonic()
+        interval = self.study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+        with Heartbeats(self.study._storage, interval or 10) as beats:
+            asked = 0
+            while asked < n_trials and (timeout is None or time.monotonic() - started < timeout):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)
+                    fail_stale_trials(self.study)  # what study.optimize does before each trial
+                members = self.ask(min(self.size, n_trials - asked), beats)
+                asked += len(members)
+                try:
+                    for group in by_batch_size(members):
+                        self.train_and_tell(group)
+                except BaseException as error:  # Ctrl-C, SIGTERM, SIGHUP, an outage, a bug
+                    self.fail_untold(members, error)
+                    raise
+                beats.clear()
+
+    def ask(self, count: int, beats: Heartbeats) -> list[Member]:
+        """`count` new trials, the first sampled freely, the rest at its batch size."""
+        members = [self._ask_one(beats)]
+        base = self.study.sampler
+        fixed: optuna.samplers.BaseSampler = base  # a grid point is a whole configuration
+        if self.objective.sweep.sampler != "grid":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                batch_size = {"batch_size": members[0].config.batch_size}
+                fixed = optuna.samplers.PartialFixedSampler(batch_size, base)
+        self.study.sampler = fixed
+        try:
+            members += [self._ask_one(beats) for _ in range(count - 1)]
+        finally:
+            self.study.sampler = base
+        return members
+
+    def _ask_one(self, beats: Heartbeats) -> Member:
+        with warnings.catch_warnings():
+            # "Heartbeat of storage is supposed to be used with Study.optimize": `Heartbeats`
+            # does what optimize's thread would.
+            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+            trial = self.study.ask()
+        beats.add(trial._trial_id)
+        config = self.objective.config_for(trial)
+        recorder = EpochRecorder(
+            trial,
+            self.objective.seeds,
+            report_to_pruner=self.objective.reports_to_pruner,
+            signals_held=True,  # by `on_member_epoch` until `on_epoch_end`
+        )
+        return Member(trial, config, recorder)
+
+    def train_and_tell(self, members: list[Member]) -> None:
+        """Train one batch size's members together, seed by seed; tell each, then mirror each
+        (all are told first, so a signal held during the mirror finds every result stored)."""
+        for member in members:
+            self.objective.begin(member.trial, member.config, population=len(members))
+        for index, seed in enumerate(self.objective.seeds):
+            going_on = [m for m in members if m.training]
+            if not going_on:
+                break
+            self.train_seed(going_on, index, seed)
+        finished = [self.tell(member) for member in members]
+        for trial in finished:
+            self.tracker(self.study, trial)
+
+    def train_seed(self, members: Sequence[Member], index: int, seed: int) -> None:
+        configs = [replace(m.config, seed=seed) for m in members]
+        callbacks = [functools.partial(on_member_epoch, m.recorder, index) for m in members]
+        with GATE.interruptible():
+            results = train_population(
+                configs, self.objective.data, callbacks, on_epoch_end=on_epoch_end
+            )
+        for member, result in zip(members, results, strict=True):
+            member.results.append(result)
+            member.error = result.error
+
+    def tell(self, member: Member) -> FrozenTrial:
+        """Store the member's outcome as `study.optimize` would have; log one line."""
+        trial = member.trial
+        member.told = True
+        if member.error is not None:
+            self.objective.record_divergence(trial, member.error)
+            LOGGER.warning(f"Trial {trial.number} failed: {member.error}")
+            return self.study.tell(trial, state=TrialState.FAIL)
+        try:
+            values = self.objective.conclude(trial, member.results)
+        except optuna.TrialPruned as pruned:
+            LOGGER.info(f"Trial {trial.number} pruned. {pruned}")
+            return self.study.tell(trial, state=TrialState.PRUNED)
+        LOGGER.info(
+            f"Trial {trial.number} finished with value: {values} and parameters: {trial.params}."
+        )
+        return self.study.tell(trial, values)
+
+    def fail_untold(self, members: list[Member], error: BaseException) -> None:
+        """Every member not told yet is stored FAIL with the reason (as Optuna does for the
+        one trial `study.optimize` runs when interrupted)."""
+        for member in members:
+            if not member.told:
+                member.told = True
+                self.objective.record_interruption(member.trial, error)
+                self.study.tell(member.trial, state=TrialState.FAIL)
+
+
+def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetrics) -> bool:
+    """A member's epoch, stored; a signal now waits until every member has stored this epoch
+    (`on_epoch_end`), so an interrupted population's runs all end at the same epoch."""
+    GATE.hold()
+    return recorder.on_epoch(seed_index, metrics)
+
+
+def on_epoch_end(_epoch: int) -> None:
+    GATE.release()
+
+
+def by_batch_size(members: list[Member]) -> list[list[Member]]:
+    """Members grouped by batch size, groups in order of their first member."""
+    groups: dict[int, list[Member]] = {}
+    for member in members:
+        groups.setdefault(member.config.batch_size, []).append(member)
+    return list(groups.values())

@@ -1,0 +1,240 @@
+"""--population K: trials asked K at a time, trained together, each its own trial and run.
+
+Real SQLite stores and `run_sweep` on small synthetic data, as in tests/test_sweep.py; the
+reference for every member's figures is `softmaxreg.train` on the same configuration alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from experiments.interrupts import install_signal_handlers
+from experiments.sweep import main
+from experiments.worker import run_sweep
+from softmaxreg.config import ConfigError, DataConfig, TrainConfig
+from softmaxreg.trainer import train
+from tests.test_sweep import (
+    child_runs,
+    interrupt_once_trial_has_trained,
+    runs_by_role,
+    sweep_config,
+)
+
+THREE_EPOCHS = TrainConfig(epochs=3, device="cpu")
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def test_members_share_a_batch_size_and_match_training_alone(stores, synthetic_splits):
+    """Each member's stored epochs equal `train` of its configuration alone (same seed), and
+    every trial of a pass has the first one's batch size."""
+    config = sweep_config(stores, n_trials=6, population=3, sampler="random", pruner="none")
+    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
+    for first in (0, 3):  # two passes of three
+        members = study.trials[first : first + 3]
+        assert len({t.params["batch_size"] for t in members}) == 1
+        assert len({t.params["lr"] for t in members}) == 3
+        assert all(t.user_attrs["settings"]["population"] == 3 for t in members)
+    for trial in study.trials:
+        alone = train(
+            replace(THREE_EPOCHS, batch_size=trial.params["batch_size"], lr=trial.params["lr"]),
+            synthetic_splits,
+        )
+        stored = trial.user_attrs["epochs"]
+        assert stored["val_accuracy"] == pytest.approx([m.val_accuracy for m in alone.epochs])
+        assert stored["train_loss"] == pytest.approx([m.train_loss for m in alone.epochs], rel=1e-4)
+        assert trial.value == pytest.approx(alone.best_val_accuracy)
+        assert trial.user_attrs["final_test_accuracy"] == pytest.approx(alone.final_test_accuracy)
+
+
+def test_population_runs_have_the_fields_of_single_mode(stores, synthetic_splits):
+    """One MLflow run per trial, with the same params, metrics and tags as a trial trained
+    alone, and the same per-epoch history."""
+    single = sweep_config(stores, study_name="single", n_trials=2, pruner="none")
+    run_sweep(single, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    together = replace(single, study_name="together", n_trials=4, population=4)
+    run_sweep(together, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+
+    client = MlflowClient(stores["tracking_uri"])
+    alone_run = next(iter(child_runs(client, "single").values()))
+    runs = child_runs(client, "together")
+    assert sorted(runs) == [0, 1, 2, 3]
+    assert len(runs_by_role(client, "together")["study"]) == 1
+    for run in runs.values():
+        assert run.info.status == "FINISHED"
+        assert set(run.data.params) == set(alone_run.data.params)
+        assert set(run.data.metrics) == set(alone_run.data.metrics)
+        assert set(run.data.tags) - {"mlflow.log-model.history"} == set(alone_run.data.tags) - {
+            "mlflow.log-model.history"
+        }
+        assert run.data.params["population"] == "4"
+        history = client.get_metric_history(run.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+    assert alone_run.data.params["population"] == "1"
+
+
+def test_a_pruned_member_stops_alone_and_a_diverging_one_fails_alone(stores, synthetic_splits):
+    """One population of three at one batch size: a learning rate far too small is pruned
+    after epoch 2, one far too large diverges in epoch 1, and the third trains all 3 epochs."""
+    one_batch_size = {"batch_sizes": (32,), "lr_range": (0.1, 0.5)}
+    first = sweep_config(stores, n_trials=2, population=2, **one_batch_size)
+    run_sweep(first, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)  # two to compare
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    # The better of the two again: the same curve, so never below their median.
+    good_lr, good_value = study.best_trial.params["lr"], study.best_value
+    for lr in (1e-7, 1e35, good_lr):
+        study.enqueue_trial({"batch_size": 32, "lr": lr})
+    wide = replace(first, n_trials=3, population=3, lr_range=(1e-8, 1e36))
+    run_sweep(wide, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    pruned, diverged, complete = study.trials[2:]
+    assert [t.state for t in study.trials[2:]] == [
+        TrialState.PRUNED,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+    ]
+    assert all(t.user_attrs["settings"]["population"] == 3 for t in study.trials[2:])
+    assert pruned.user_attrs["epochs"]["step"] == [1, 2]
+    assert pruned.value == pruned.user_attrs["best_val_accuracy"]
+    assert "diverged at epoch 1" in diverged.user_attrs["fail_reason"]
+    assert complete.user_attrs["epochs"]["step"] == [1, 2, 3]
+    # Unaffected by the others leaving the population (or diverging in it).
+    assert complete.value == pytest.approx(good_value)
+
+    runs = child_runs(MlflowClient(stores["tracking_uri"]), "test-study")
+    assert runs[pruned.number].info.status == "KILLED"
+    assert runs[pruned.number].data.tags["optuna.pruned"] == "true"
+    assert runs[diverged.number].info.status == "FAILED"
+    assert "diverged" in runs[diverged.number].data.tags["optuna.fail_reason"]
+    assert runs[complete.number].info.status == "FINISHED"
+
+
+def test_repeats_train_each_seed_as_a_population(stores, synthetic_splits):
+    config = sweep_config(stores, n_trials=2, population=2, repeats=2, pruner="none")
+    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    for trial in study.trials:
+        seeds = [
+            train(
+                replace(THREE_EPOCHS, batch_size=trial.params["batch_size"], lr=trial.params["lr"],
+                        seed=seed),
+                synthetic_splits,
+            ).best_val_accuracy
+            for seed in (0, 1)
+        ]  # fmt: skip
+        assert trial.value == pytest.approx(sum(seeds) / 2)
+        assert [s["best_val_accuracy"] for s in trial.user_attrs["per_seed"]] == pytest.approx(
+            seeds
+        )
+
+
+def test_ctrl_c_mid_pass_fails_every_member_with_the_reason(stores, synthetic_splits):
+    config = sweep_config(stores, n_trials=1, batch_sizes=(32,), pruner="none")
+    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    endless = TrainConfig(epochs=100_000, device="cpu", lr_schedule="constant")
+    database = Path(stores["storage"].removeprefix("sqlite:///"))
+    watcher = threading.Thread(
+        target=interrupt_once_trial_has_trained, args=(database, 1), daemon=True
+    )
+    previous = signal.getsignal(signal.SIGINT)
+    install_signal_handlers()
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(replace(config, n_trials=3, population=3), endless, DataConfig(),
+                      synthetic_splits, log=quiet)  # fmt: skip
+    finally:
+        watcher.join(timeout=5)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, previous if signum == signal.SIGINT else signal.SIG_DFL)
+
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] + [TrialState.FAIL] * 3
+    for trial in study.trials[1:]:
+        assert trial.user_attrs["fail_reason"] == "interrupted by Ctrl-C (SIGINT)"
+        assert trial.user_attrs["epochs"]["step"][:1] == [1]  # the epoch every member stored
+    client = MlflowClient(stores["tracking_uri"])
+    runs = child_runs(client, "test-study")
+    assert {n: r.info.status for n, r in runs.items()} == {
+        0: "FINISHED",
+        1: "FAILED",
+        2: "FAILED",
+        3: "FAILED",
+    }
+    assert runs_by_role(client, "test-study")["study"][0].info.status == "KILLED"
+
+
+def test_searched_schedules_are_a_trial_param_and_a_resume_cannot_change_them(
+    stores, synthetic_splits, tmp_path, capsys
+):
+    config = sweep_config(
+        stores, n_trials=4, population=4, lr_schedules=("constant", "cosine"), pruner="none"
+    )
+    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    for trial in study.trials:
+        schedule = trial.params["lr_schedule"]
+        assert schedule in ("constant", "cosine")
+        assert trial.user_attrs["settings"]["lr_schedule"] == schedule
+        alone = train(
+            replace(THREE_EPOCHS, batch_size=trial.params["batch_size"], lr=trial.params["lr"],
+                    lr_schedule=schedule),
+            synthetic_splits,
+        )  # fmt: skip
+        assert trial.value == pytest.approx(alone.best_val_accuracy)
+    runs = child_runs(MlflowClient(stores["tracking_uri"]), "test-study")
+    assert {r.data.params["lr_schedule"] for r in runs.values()} <= {"constant", "cosine"}
+
+    argv = ["--study-name", "test-study", "--lr-schedules", "linear", "--batch-sizes", "32",
+            "128", "--storage",
+            stores["storage"], "--tracking-uri", stores["tracking_uri"],
+            "--data-root", str(tmp_path / "data")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "chooses lr schedules constant cosine" in message
+    assert "--lr-schedules constant cosine" in message
+
+
+BAD_FLAGS = [
+    (["--population", "0"], "--population 0 is invalid"),
+    (["--population", "2", "--objective", "accuracy_vs_time", "--pruner", "none"], "shared pass"),
+    (["--population", "2", "--model", "tutorial_double_softmax"], "logits model only"),
+    (["--lr-schedules", "step"], "invalid choice"),
+    (["--lr-schedules", "cosine", "cosine"], "distinct choices"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_population_flags_exit_2_and_create_nothing(
+    argv, message, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_sweep_refuses_a_population_of_the_tutorial_model(stores, synthetic_splits):
+    config = sweep_config(stores, population=2)
+    tutorial = replace(THREE_EPOCHS, model="tutorial_double_softmax")
+    with pytest.raises(ConfigError, match="logits model only"):
+        run_sweep(config, tutorial, DataConfig(), synthetic_splits, log=quiet)
+    assert not Path(stores["storage"].removeprefix("sqlite:///")).exists()
