@@ -26,6 +26,7 @@ SectionName = Literal[
     "accuracy_ceiling",
     "contention",
     "population",
+    "population_sweep",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source
 
@@ -170,6 +171,14 @@ class Settings:
     """Alternating quiet/busy rounds; medians are compared."""
     population_quick: bool
     """Run the population benchmark at its quick sizes."""
+    population_sweep_trials: int
+    """Trials of the sweep run with and without --population (the same configurations)."""
+    population_sweep_epochs: int
+    """Epochs per trial of that sweep."""
+    population_sweep_size: int
+    """--population of that sweep."""
+    population_sweep_rounds: int
+    """Rounds of one run per mode, alternating which goes first; medians are compared."""
 
 
 FULL = Settings(
@@ -203,6 +212,10 @@ FULL = Settings(
     contention_examples=4000,
     contention_rounds=2,
     population_quick=False,
+    population_sweep_trials=100,
+    population_sweep_epochs=10,
+    population_sweep_size=8,
+    population_sweep_rounds=2,
 )
 
 QUICK = Settings(
@@ -236,4 +249,8 @@ QUICK = Settings(
     contention_examples=256,
     contention_rounds=1,
     population_quick=True,
+    population_sweep_trials=8,
+    population_sweep_epochs=2,
+    population_sweep_size=4,
+    population_sweep_rounds=1,
 )

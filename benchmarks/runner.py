@@ -50,6 +50,7 @@ SECTION_MODULES: dict[str, str] = {
     "accuracy_ceiling": "benchmarks.accuracy_ceiling",
     "contention": "benchmarks.contention",
     "population": "benchmarks.population",
+    "population_sweep": "benchmarks.population_sweep",
 }
 
 FULL_EPOCH_SAMPLES = 55000
@@ -104,6 +105,10 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         * sum(2 * epoch_cost(bs, examples) + 95e-6 * examples for bs in s.contention_batch_sizes)
     )
     cost["population"] = 8 if s.population_quick else 180
+    # Per run: ~15 s of start-up, then about 0.3 s per 10-epoch trial alone, a third of it in
+    # a population (benchmarks.population_sweep measures it).
+    per_trial = 0.03 * s.population_sweep_epochs * s.population_sweep_trials
+    cost["population_sweep"] = s.population_sweep_rounds * (30 + per_trial * (1 + 1 / 3))
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
 
 
