@@ -261,9 +261,11 @@ class Mirror:
 
     # ------------------------------------------------------------------------ trial runs
 
-    def _study_runs(self) -> dict[int, list]:
-        """Active runs of this study's trials by trial number, oldest first."""
-        runs = self.call(search_study_runs, self.client, self._experiment_id(), self.study_uuid)
+    def _study_runs(self, trial_number: int | None = None) -> dict[int, list]:
+        """Active runs of this study's trials (or of one) by trial number, oldest first."""
+        runs = self.call(
+            search_study_runs, self.client, self._experiment_id(), self.study_uuid, trial_number
+        )
         by_number: dict[int, list] = {}
         for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
             number = run.data.tags.get(TRIAL_NUMBER_TAG)
@@ -274,12 +276,14 @@ class Mirror:
     def _find_or_create_run(self, trial: FrozenTrial) -> str:
         if trial.number in self._run_ids:
             return self._run_ids[trial.number]
-        existing = self._study_runs().get(trial.number)
+        # One trial's runs, not the study's: each new trial would otherwise read every run
+        # written so far (a sweep's mirror cost growing with the square of its trials).
+        existing = self._study_runs(trial.number).get(trial.number)
         if not existing:
             # Creation is serialised by the study lock, with a second look inside it, so two
             # workers (or a worker and a reconcile) never both create a run for one trial.
             with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-                existing = self._study_runs().get(trial.number)
+                existing = self._study_runs(trial.number).get(trial.number)
                 if not existing:
                     run = self.call(
                         self.client.create_run,

@@ -61,18 +61,23 @@ def log_batch_in_chunks(
         client.log_batch(run_id, tags=list(chunk))
 
 
-def _trial_filter(study_uuid: str) -> str:
-    return f"tags.`{ROLE_TAG}` = 'trial' AND tags.`{STUDY_UUID_TAG}` = '{study_uuid}'"
+def _trial_filter(study_uuid: str, trial_number: int | None = None) -> str:
+    condition = f"tags.`{ROLE_TAG}` = 'trial' AND tags.`{STUDY_UUID_TAG}` = '{study_uuid}'"
+    if trial_number is not None:
+        condition += f" AND tags.`{TRIAL_NUMBER_TAG}` = '{trial_number}'"
+    return condition
 
 
-def search_study_runs(client: MlflowClient, experiment_id: str, study_uuid: str) -> list[Run]:
-    """Every active trial run of the study, all pages."""
+def search_study_runs(
+    client: MlflowClient, experiment_id: str, study_uuid: str, trial_number: int | None = None
+) -> list[Run]:
+    """Every active trial run of the study (of one trial, with `trial_number`), all pages."""
     runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=_trial_filter(study_uuid),
+            filter_string=_trial_filter(study_uuid, trial_number),
             max_results=SEARCH_PAGE,
             page_token=token,
         )

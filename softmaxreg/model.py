@@ -26,6 +26,7 @@ from softmaxreg.config import MODEL_CHOICES
 
 IMAGE_PIXELS = 28 * 28
 NUM_CLASSES = 10
+EVAL_CHUNK = 8192  # rows per evaluation matmul: bounds memory on small GPUs, no effect on results
 
 
 class SoftmaxRegression(nn.Module):
@@ -146,3 +147,27 @@ def build_model(name: str, seed: int) -> SoftmaxRegression:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MODELS[name]()
+
+
+@torch.no_grad()
+def evaluate_stack(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[list[float], list[float]]:
+    """(mean cross-entropy, accuracy) of each stacked model (K, classes, pixels) on (x, y), in
+    chunks: what `softmaxreg.trainer.evaluate` gives each model alone, up to float rounding."""
+    members, classes, pixels = weight.shape
+    flat_weight, flat_bias = weight.reshape(-1, pixels), bias.reshape(-1)
+    loss_sum = torch.zeros(members, device=x.device, dtype=torch.float64)
+    correct = torch.zeros(members, device=x.device, dtype=torch.int64)
+    x = x.flatten(1)
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        targets = y[start : start + EVAL_CHUNK].view(-1, 1)
+        logits = torch.addmm(flat_bias, x[start : start + EVAL_CHUNK], flat_weight.t())
+        logits = logits.view(-1, members, classes)
+        picked = torch.log_softmax(logits, dim=2).gather(
+            2, targets.expand(-1, members).unsqueeze(2)
+        )
+        loss_sum -= picked.sum(dim=(0, 2)).double()
+        correct += (logits.argmax(dim=2) == targets).sum(dim=0)
+    n = max(x.shape[0], 1)
+    return (loss_sum / n).tolist(), (correct.double() / n).tolist()

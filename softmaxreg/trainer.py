@@ -33,11 +33,9 @@ from torch import nn
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
-from softmaxreg.model import build_model
+from softmaxreg.model import EVAL_CHUNK, build_model
 from softmaxreg.optim import SGD
 from softmaxreg.schedule import is_constant, lr_table
-
-EVAL_CHUNK = 8192  # rows per evaluation matmul: bounds memory on small GPUs, no effect on results
 
 
 class TrainingDiverged(RuntimeError):
@@ -209,32 +207,48 @@ def first_non_finite(losses: torch.Tensor) -> int | None:
     return int((~finite).nonzero()[0, 0]) + 1
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One model's figures on the validation and test splits, and the seconds they took."""
+
+    val_loss: float
+    val_accuracy: float
+    test_loss: float
+    test_accuracy: float
+    seconds: float
+
+
 def epoch_metrics(
-    model: nn.Module,
-    data: DataSplits,
+    evaluation: Evaluation,
     epoch: int,
     train_loss: float,
     epoch_seconds: float,
     train_seconds_total: float,
+    n_train: int,
 ) -> EpochMetrics:
-    """Evaluate `model` on the validation and test splits and gather the epoch's figures."""
-    eval_start = time.perf_counter()
-    val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
-    test_loss, test_accuracy = evaluate(model, data.test_x, data.test_y)
-    synchronize(data.val_x.device)
+    """The epoch's figures: its training pass beside the evaluation that followed it."""
     return EpochMetrics(
         epoch=epoch,
         train_loss=train_loss,
-        val_loss=val_loss,
-        val_accuracy=val_accuracy,
-        test_loss=test_loss,
-        test_accuracy=test_accuracy,
+        val_loss=evaluation.val_loss,
+        val_accuracy=evaluation.val_accuracy,
+        test_loss=evaluation.test_loss,
+        test_accuracy=evaluation.test_accuracy,
         epoch_seconds=epoch_seconds,
-        eval_seconds=time.perf_counter() - eval_start,
-        samples_per_second=data.train_x.shape[0] / epoch_seconds,
+        eval_seconds=evaluation.seconds,
+        samples_per_second=n_train / epoch_seconds,
         train_seconds_total=train_seconds_total,
         warmup=epoch == 1,
     )
+
+
+def evaluate_splits(model: nn.Module, data: DataSplits) -> Evaluation:
+    """Evaluate `model` on the validation and test splits, timed after a device sync."""
+    start = time.perf_counter()
+    val_loss, val_accuracy = evaluate(model, data.val_x, data.val_y)
+    test_loss, test_accuracy = evaluate(model, data.test_x, data.test_y)
+    synchronize(data.val_x.device)
+    return Evaluation(val_loss, val_accuracy, test_loss, test_accuracy, time.perf_counter() - start)
 
 
 def train(
@@ -305,7 +319,10 @@ def _train(
             raise TrainingDiverged(epoch, diverged_step, loss, config.lr)
         train_loss = float(weighted_train_loss(losses, batch_size, n_train)[0])
         train_seconds_total += epoch_seconds
-        metrics = epoch_metrics(model, data, epoch, train_loss, epoch_seconds, train_seconds_total)
+        evaluation = evaluate_splits(model, data)
+        metrics = epoch_metrics(
+            evaluation, epoch, train_loss, epoch_seconds, train_seconds_total, n_train
+        )
         if time_to_target is None and metrics.val_accuracy >= config.target_accuracy:
             time_to_target = train_seconds_total
         history.append(metrics)

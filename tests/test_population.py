@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from softmaxreg.config import ConfigError, TrainConfig
-from softmaxreg.model import build_model
+from softmaxreg.model import build_model, evaluate_stack
 from softmaxreg.population import MemberResult, train_population
-from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, train
+from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, evaluate, train
 
 
 def config(**overrides) -> TrainConfig:
@@ -165,3 +165,17 @@ def test_on_epoch_end_follows_every_members_callback_once_per_epoch(synthetic_sp
     )
     assert isinstance(results[1].error, TrainingDiverged)
     assert events == [(name, epoch) for epoch in (1, 2, 3) for name in ("a", "c", "end")]
+
+
+def test_stacked_evaluation_equals_each_model_evaluated_alone(synthetic_splits):
+    models = [build_model("logits", seed) for seed in range(4)]
+    weight = torch.stack([m.linear.weight.detach() for m in models])
+    bias = torch.stack([m.linear.bias.detach() for m in models]).unsqueeze(2)
+    losses, accuracies = evaluate_stack(
+        weight, bias, synthetic_splits.val_x, synthetic_splits.val_y
+    )
+    for model, loss, accuracy in zip(models, losses, accuracies, strict=True):
+        alone = evaluate(model, synthetic_splits.val_x, synthetic_splits.val_y)
+        assert loss == pytest.approx(alone[0], rel=1e-5)
+        assert accuracy == pytest.approx(alone[1], abs=1.01 / len(synthetic_splits.val_y))
+    assert len(set(losses)) == 4  # four different models: the comparison is not vacuous
