@@ -273,40 +273,39 @@ class Mirror:
                 by_number.setdefault(int(number), []).append(run)
         return by_number
 
-    def _find_or_create_run(self, trial: FrozenTrial) -> str:
+    def _find_or_create_run(self, trial: FrozenTrial) -> tuple[str, bool]:
+        """The trial's run id, and whether it was created just now."""
         if trial.number in self._run_ids:
-            return self._run_ids[trial.number]
-        # One trial's runs, not the study's: each new trial would otherwise read every run
-        # written so far (a sweep's mirror cost growing with the square of its trials).
-        existing = self._study_runs(trial.number).get(trial.number)
-        if not existing:
-            # Creation is serialised by the study lock, with a second look inside it, so two
-            # workers (or a worker and a reconcile) never both create a run for one trial.
-            with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-                existing = self._study_runs(trial.number).get(trial.number)
-                if not existing:
-                    run = self.call(
-                        self.client.create_run,
-                        self._experiment_id(),
-                        run_name=trial_run_name(trial),
-                        start_time=millis(trial.datetime_start),
-                        tags={
-                            ROLE_TAG: "trial",
-                            STUDY_UUID_TAG: self.study_uuid,
-                            TRIAL_NUMBER_TAG: str(trial.number),
-                        },
-                    )
-                    self._run_ids[trial.number] = run.info.run_id
-                    return run.info.run_id
-        self._run_ids[trial.number] = existing[0].info.run_id
-        return existing[0].info.run_id
+            return self._run_ids[trial.number], False
+        # Creation is serialised by the study lock, and the look for an existing run happens
+        # inside it, so two workers (or a worker and a reconcile) never both create one. One
+        # trial's runs are read, not the study's: each new trial would otherwise read every run
+        # written so far (a mirror cost growing with the square of the trials).
+        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
+            existing = self._study_runs(trial.number).get(trial.number)
+            if existing:
+                self._run_ids[trial.number] = existing[0].info.run_id
+                return existing[0].info.run_id, False
+            run = self.call(
+                self.client.create_run,
+                self._experiment_id(),
+                run_name=trial_run_name(trial),
+                start_time=millis(trial.datetime_start),
+                tags={
+                    ROLE_TAG: "trial",
+                    STUDY_UUID_TAG: self.study_uuid,
+                    TRIAL_NUMBER_TAG: str(trial.number),
+                },
+            )
+        self._run_ids[trial.number] = run.info.run_id
+        return run.info.run_id, True
 
     def sync(self, trial: FrozenTrial, *, patient: bool = True) -> str:
         """Make the trial's run match its record; return the run id. Idempotent."""
         assert self.parent_run_id is not None, "ensure_parent_run first"
         if trial.state == TrialState.WAITING:
             return ""
-        run_id = self._find_or_create_run(trial)
+        run_id, created = self._find_or_create_run(trial)
         tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
         self.call(
             log_batch_in_chunks,
@@ -324,7 +323,7 @@ class Mirror:
         if trial.state.is_finished():
             end = millis(trial.datetime_complete)
             self.call(self.client.set_terminated, run_id, status, end, patient=patient)
-        else:
+        elif not created:  # a new run is RUNNING already
             self.call(self.client.update_run, run_id, status=status, patient=patient)
         return run_id
 

@@ -272,8 +272,10 @@ class Objective:
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("environment", self.environment)
         trial.set_user_attr("worker", self.worker_id)
-        trial.set_user_attr("epochs", {})
-        trial.set_user_attr("fail_reason", "")
+        inherited = trial.user_attrs  # one read; a write per attribute is what costs
+        for name, empty in (("epochs", {}), ("fail_reason", "")):
+            if inherited.get(name):
+                trial.set_user_attr(name, empty)
 
     def _train_seeds(self, config: TrainConfig, recorder: EpochRecorder) -> list[TrainResult]:
         results = []
