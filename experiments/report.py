@@ -123,6 +123,18 @@ def _best_lines(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:
     ]
 
 
+def _population_line(outcome: SweepOutcome) -> list[str]:
+    """Time figures of population members are the shared pass's: say so under the table."""
+    sizes = pd.to_numeric(outcome.trials["population"], errors="coerce").dropna()
+    if sizes.empty or sizes.max() <= 1:
+        return []
+    return [
+        f"time to target and samples/s of trials trained in a population (up to "
+        f"{int(sizes.max())} per pass) are those of the shared pass; --population 1 times each "
+        "trial alone"
+    ]
+
+
 def _tracking_line(outcome: SweepOutcome) -> list[str]:
     if math.isnan(outcome.tracking_seconds):  # measured by the workers, not by a coordinator
         return []
@@ -154,6 +166,7 @@ def format_report(outcome: SweepOutcome, sweep: SweepConfig, stores: Stores) -> 
         "",
         "best learning rate per batch size (chosen by validation accuracy; test is only reported):",
         best_per_batch_size_text(outcome.best_per_batch_size),
+        *_population_line(outcome),
         "",
         *_tracking_line(outcome),
         *outcome.notes,

@@ -31,7 +31,8 @@ CEILING_POINTS = (
     * len(QUICK.ceiling_lrs)
     * len(QUICK.ceiling_weight_decays)
 )
-NEEDS_REAL_MNIST = ("sweep_workers",)  # worker processes load MNIST through the verified CLI
+# Sweeps as processes load MNIST through the verified CLI.
+NEEDS_REAL_MNIST = ("sweep_workers", "population_sweep")
 MEASURED_ON_SYNTHETIC = tuple(name for name in SECTIONS if name not in NEEDS_REAL_MNIST)
 N_BS = len(QUICK.batch_sizes)
 THREADS = len({1, all_threads()})
@@ -418,3 +419,31 @@ def test_accuracy_ceiling_without_scikit_learn_says_so(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     reason = accuracy_ceiling.sklearn_grid(None, None)
     assert isinstance(reason, str) and "scikit-learn is not installed" in reason
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sweeps_as_processes_on_real_mnist(real_mnist_root, tmp_path):
+    """The sections that run the real command: both modes' trials agree configuration by
+    configuration, and every table is written."""
+    out = tmp_path / "results"
+    argv = ["--quick", "--data-root", str(real_mnist_root), "--out", str(out),
+            "--sections", *NEEDS_REAL_MNIST]  # fmt: skip
+    assert main(argv) == 0
+    trials = read(out, "population_sweep_trials")
+    size = QUICK.population_sweep_size
+    assert len(trials) == 2 * QUICK.population_sweep_rounds * QUICK.population_sweep_trials
+    assert (trials.state == "COMPLETE").all()
+    assert (trials.trained_with == trials.population).all()  # a population really trained
+    single, together = (trials[trials.population == k] for k in (1, size))
+    joined = single.merge(together, on=["batch_size", "lr"], suffixes=("_1", "_k"))
+    assert len(joined) == QUICK.population_sweep_trials  # the same configurations
+    # Same seed, same batches: equal up to float rounding, which over 100 trials of 10 epochs
+    # moved at most 2 of the 5,000 validation examples (most configurations agree exactly).
+    difference = (joined.best_val_accuracy_1 - joined.best_val_accuracy_k).abs()
+    assert (difference <= 2 / 5000 + 1e-9).all()
+    summary = read(out, "population_sweep")
+    assert list(summary.population) == [1, size] and (summary.median_wall_seconds > 0).all()
+    workers = read(out, "sweep_workers")
+    assert list(workers.workers) == [1, 2] and (workers.trials_per_minute > 0).all()

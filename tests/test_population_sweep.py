@@ -16,7 +16,9 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from experiments.config import Stores
 from experiments.interrupts import install_signal_handlers
+from experiments.report import format_report
 from experiments.sweep import main
 from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
@@ -39,7 +41,9 @@ def test_members_share_a_batch_size_and_match_training_alone(stores, synthetic_s
     """Each member's stored epochs equal `train` of its configuration alone (same seed), and
     every trial of a pass has the first one's batch size."""
     config = sweep_config(stores, n_trials=6, population=3, sampler="random", pruner="none")
-    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    outcome = run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    report = format_report(outcome, config, Stores.from_config(config))
+    assert "trained in a population (up to 3 per pass) are those of the shared pass" in report
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6

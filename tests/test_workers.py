@@ -210,6 +210,46 @@ def test_kill_9_mid_trial_is_failed_retried_and_reconciled(real_mnist_root, tmp_
     assert children[1][0].info.status == "FINISHED" and parents[0].info.status == "FINISHED"
 
 
+def test_kill_9_mid_population_fails_and_retries_every_member(real_mnist_root, tmp_path):
+    """A worker training 3 trials as one population is killed: each member is failed by the
+    heartbeat and queued again, and the next command trains the retries as a population."""
+    process = start(tmp_path, sweep_args(real_mnist_root, "--epochs", "100000", "--n-trials",
+                    "3", "--population", "3", "--batch-sizes", "32", "--heartbeat-seconds",
+                    "1", "--retries", "1"))  # fmt: skip
+    database = tmp_path / "optuna.db"
+    wait_for(lambda: all(recorded_epochs(database, n) >= 1 for n in range(3))
+             or process.poll() is not None, "every member's first stored epoch")  # fmt: skip
+    assert process.poll() is None, process.communicate()[1]
+    process.kill()
+    process.communicate(timeout=PROCESS_TIMEOUT)
+    stores = {"storage": f"sqlite:///{database}",
+              "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}  # fmt: skip
+    sweep = SweepConfig(study_name="workers", heartbeat_seconds=1, **stores)
+    time.sleep(sweep.grace_seconds + 1)  # the heartbeat's grace period is the contract here
+    reconcile_study(sweep, log=print)
+    study = optuna.load_study(study_name="workers", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 3 + [TrialState.WAITING] * 3
+    dead, retries = study.trials[:3], study.trials[3:]
+    assert [t.params for t in retries] == [t.params for t in dead]
+    client = MlflowClient(stores["tracking_uri"])
+    _, children = runs_of(client, "workers")
+    for trial in dead:
+        (run,) = children[trial.number]
+        assert run.info.status == "FAILED"
+        assert run.data.tags["optuna.fail_reason"] == WORKER_LOST_REASON
+        assert run.data.params["population"] == "3"
+
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "3",
+                                "--population", "3", "--batch-sizes", "32")))  # fmt: skip
+    assert code == 0, err
+    study = optuna.load_study(study_name="workers", storage=stores["storage"])
+    retried = study.trials[3:]
+    assert [t.state for t in retried] == [TrialState.COMPLETE] * 3
+    assert [t.params for t in retried] == [t.params for t in dead]
+    assert all(t.user_attrs["settings"]["population"] == 3 for t in retried)
+    assert_study_mirrored(study, client, trials=6)
+
+
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_sigterm_and_sighup_stop_like_ctrl_c(real_mnist_root, tmp_path, signum, status):
     process = endless_worker(tmp_path, real_mnist_root)
