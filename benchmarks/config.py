@@ -168,6 +168,10 @@ class Settings:
     pipeline at batch 16 takes minutes here."""
     contention_rounds: int
     """Alternating quiet/busy rounds; medians are compared."""
+    contention_min_seconds: float
+    """Each contention measurement repeats its trial until this many training seconds have
+    passed (at least once) and reports seconds per trial: one trial at batch 256 lasts ~20 ms,
+    a few scheduler slices, which a single lost slice doubles."""
     population_quick: bool
     """Run the population benchmark at its quick sizes."""
 
@@ -201,7 +205,8 @@ FULL = Settings(
     contention_batch_sizes=(16, 256),
     contention_epochs=2,
     contention_examples=4000,
-    contention_rounds=2,
+    contention_rounds=5,
+    contention_min_seconds=1.0,
     population_quick=False,
 )
 
@@ -235,5 +240,6 @@ QUICK = Settings(
     contention_epochs=1,
     contention_examples=256,
     contention_rounds=1,
+    contention_min_seconds=0.0,
     population_quick=True,
 )
