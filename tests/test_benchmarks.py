@@ -378,57 +378,6 @@ def test_contention_reports_every_pipeline_quiet_and_busy(quick_run):
     assert (summary.slowdown > 0).all() and summary.slowdown.map(math.isfinite).all()
 
 
-def test_busy_core_runs_a_spinner_in_its_own_session_and_kills_it():
-    import os
-
-    from benchmarks.contention import busy_core
-
-    with busy_core(False) as nothing:
-        assert nothing is None
-    with busy_core(True) as spinner:
-        assert spinner.poll() is None, "the spinner runs during the block"
-        # Its own session: Linux's autogroup then gives it its own CPU share, not half of ours.
-        assert os.getsid(spinner.pid) == spinner.pid != os.getsid(0)
-    assert spinner.returncode is not None, "and is gone after it"
-
-
-def test_a_contention_measurement_repeats_its_trial_for_the_minimum_time(synthetic_splits):
-    from types import SimpleNamespace
-
-    from benchmarks.contention import seconds_per_trial
-
-    def context(min_seconds: float) -> SimpleNamespace:
-        settings = SimpleNamespace(contention_epochs=1, contention_min_seconds=min_seconds)
-        return SimpleNamespace(settings=settings, device=torch.device("cpu"))
-
-    args = ("1-thread reference",)
-    once = seconds_per_trial(*args, context(0.0), synthetic_splits, 256, None)
-    assert once[1] == 1 and once[0] > 0
-    seconds, trials = seconds_per_trial(*args, context(0.2), synthetic_splits, 256, None)
-    assert trials > 1 and seconds * trials >= 0.2
-
-
-def test_contention_slowdowns_pair_busy_and_quiet_by_round():
-    from benchmarks.contention import slowdowns
-
-    frame = pd.DataFrame(
-        {
-            # Busy rows out of round order: pairs are matched by round, not by position.
-            "round": [2, 1, 1, 2, 3, 3],
-            "condition": ["busy", "quiet", "busy", "quiet", "quiet", "busy"],
-            "batch_size": [16] * 6,
-            "pipeline": ["ours"] * 6,
-            "train_seconds": [4.0, 1.0, 1.5, 2.0, 3.0, 3.0],
-            "load_average": [2.0, 1.0, 2.0, 1.0, 1.0, 2.0],
-        }
-    )
-    row = slowdowns(frame).iloc[0]
-    assert (row.quiet_seconds, row.busy_seconds) == (2.0, 3.0)
-    assert row.slowdown == 1.5
-    assert (row.round_slowdown_min, row.round_slowdown_max) == (1.0, 2.0)
-    assert (row.load_average_quiet, row.load_average_busy) == (1.0, 2.0)
-
-
 def test_choose_prefers_validation_then_fewer_epochs_then_smaller_lr():
     from benchmarks.accuracy_ceiling import choose
 

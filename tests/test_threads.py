@@ -11,6 +11,7 @@ its full 15,000 rows: on 2 threads its matmuls alone would keep a worker busy fo
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def on_cpu_ns() -> dict[int, int]:
 
 def others_ns(before: dict[int, int], after: dict[int, int]) -> int:
     """On-CPU nanoseconds of every thread but the calling one between two readings."""
-    me = __import__("threading").get_native_id()
+    me = threading.get_native_id()
     return sum(ns - before.get(tid, 0) for tid, ns in after.items() if tid != me)
 
 
