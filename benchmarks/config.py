@@ -169,6 +169,10 @@ class Settings:
     pipeline at batch 16 takes minutes here."""
     contention_rounds: int
     """Alternating quiet/busy rounds; medians are compared."""
+    contention_min_seconds: float
+    """Each contention measurement repeats its trial until this many training seconds have
+    passed (at least once) and reports seconds per trial: one trial at batch 256 lasts ~20 ms,
+    a few scheduler slices, which a single lost slice doubles."""
     population_quick: bool
     """Run the population benchmark at its quick sizes."""
     population_sweep_trials: int
@@ -204,13 +208,16 @@ FULL = Settings(
     ceiling_batch_sizes=(64, 128),
     ceiling_lrs=(0.03, 0.1, 0.3),
     ceiling_epochs=(10, 20, 40),
-    ceiling_weight_decays=(0.0, 1e-3),
+    # 2e-3 is scikit-learn's C = 0.01 (its choice on validation) as SGD weight decay,
+    # 1 / (C x 55,000) = 1.8e-3; 3e-3 brackets it from above.
+    ceiling_weight_decays=(0.0, 1e-3, 2e-3, 3e-3),
     sklearn_cs=(0.005, 0.01, 0.02, 0.05, 0.1),
     sklearn_max_iter=1000,
     contention_batch_sizes=(16, 256),
     contention_epochs=2,
     contention_examples=4000,
-    contention_rounds=2,
+    contention_rounds=5,
+    contention_min_seconds=1.0,
     population_quick=False,
     population_sweep_trials=100,
     population_sweep_epochs=10,
@@ -241,13 +248,14 @@ QUICK = Settings(
     ceiling_batch_sizes=(64,),
     ceiling_lrs=(0.1, 0.3),
     ceiling_epochs=(2,),
-    ceiling_weight_decays=(0.0,),
+    ceiling_weight_decays=(0.0, 2e-3),
     sklearn_cs=(0.01, 0.1),
     sklearn_max_iter=50,
     contention_batch_sizes=(256,),
     contention_epochs=1,
     contention_examples=256,
     contention_rounds=1,
+    contention_min_seconds=0.0,
     population_quick=True,
     population_sweep_trials=8,
     population_sweep_epochs=2,

@@ -97,12 +97,16 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         * (max(s.ceiling_epochs) * epoch_cost(64, n_train) + 4 * s.ablation_epochs * bs100)
         + len(s.sklearn_cs) * 15 * scale
     )
+    # Every measurement lasts at least contention_min_seconds (a slow pipeline's one trial can
+    # last longer): rounds x 2 conditions x batch sizes x 4 pipelines of them.
     examples = min(s.contention_examples, n_train)
+    trial = s.contention_epochs * 95e-6 * examples  # the tutorial pipeline's, the slowest
     cost["contention"] = (
         s.contention_rounds
         * 2
-        * s.contention_epochs
-        * sum(2 * epoch_cost(bs, examples) + 95e-6 * examples for bs in s.contention_batch_sizes)
+        * len(s.contention_batch_sizes)
+        * 4
+        * max(s.contention_min_seconds, trial)
     )
     cost["population"] = 8 if s.population_quick else 180
     # Per run: ~15 s of start-up, then about 0.3 s per 10-epoch trial alone, a third of it in

@@ -17,6 +17,7 @@ import torch
 
 from benchmarks.common import Spread, all_threads
 from benchmarks.config import QUICK, SECTIONS
+from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.population import QUICK as POPULATION_QUICK
 from benchmarks.report import format_cell, markdown_table
 from benchmarks.runner import main
@@ -150,13 +151,13 @@ EXPECTED_TABLES = [
     ("accuracy_ceiling_sklearn", len(QUICK.sklearn_cs), ["C", "val_accuracy", "test_accuracy"]),
     (
         "contention",
-        3 * len(QUICK.contention_batch_sizes),
+        len(CONTENTION_PIPELINES) * len(QUICK.contention_batch_sizes),
         ["batch_size", "pipeline", "quiet_seconds", "busy_seconds", "slowdown"],
     ),
     (
         "contention_runs",
-        2 * 3 * QUICK.contention_rounds * len(QUICK.contention_batch_sizes),
-        ["round", "condition", "batch_size", "pipeline", "train_seconds", "load_average"],
+        2 * len(CONTENTION_PIPELINES) * QUICK.contention_rounds * len(QUICK.contention_batch_sizes),
+        ["round", "condition", "batch_size", "pipeline", "train_seconds", "trials", "load_average"],
     ),
     (
         "population",
@@ -376,16 +377,6 @@ def test_contention_reports_every_pipeline_quiet_and_busy(quick_run):
     assert (runs.train_seconds > 0).all()
     summary = read(out, "contention")
     assert (summary.slowdown > 0).all() and summary.slowdown.map(math.isfinite).all()
-
-
-def test_busy_core_runs_a_spinner_and_kills_it():
-    from benchmarks.contention import busy_core
-
-    with busy_core(False) as nothing:
-        assert nothing is None
-    with busy_core(True) as spinner:
-        assert spinner.poll() is None, "the spinner runs during the block"
-    assert spinner.returncode is not None, "and is gone after it"
 
 
 def test_choose_prefers_validation_then_fewer_epochs_then_smaller_lr():
