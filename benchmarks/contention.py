@@ -1,11 +1,13 @@
 """Slowdown under contention: one trial with a core kept busy by another process, vs quiet.
 
-For each batch size (16 and 256), four pipelines train the same trial (`contention_epochs`
+For each batch size (16 and 256), six pipelines train the same trial (`contention_epochs`
 epochs over the first `contention_examples` training examples): `softmaxreg.train` with its
 automatic thread count, `train` with 2 threads forced, the tutorial's DataLoader pipeline
 (torchvision `MNIST` + `ToTensor` + `Normalize`, `DataLoader`, autograd, `torch.optim.SGD`;
-`benchmarks.tutorial_speed`), and a 1-thread reference: the two matmuls of every step and nothing
-else, which shows what the scheduler alone does to any single-threaded work. Each is timed
+`benchmarks.tutorial_speed`), a 1-thread reference: the two matmuls of every step and nothing
+else, which shows what the scheduler alone does to any single-threaded work, and a population of
+8 learning rates (`train_population`, what `--population 8` trains per pass) at its automatic
+thread count (1) and with 2 threads forced. Each is timed
 quiet, then with a CPU-bound `python -c "while True: pass"` spinning, in alternating rounds, so a
 drift in the machine's load hits both conditions alike. The figure is the slowdown: median busy
 seconds per trial / median quiet seconds per trial (training passes only, evaluation excluded).
@@ -48,11 +50,20 @@ from benchmarks.common import Check, Context, SectionResult, Table, torch_thread
 from benchmarks.tutorial_speed import TutorialNet, tutorial_loaders
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
+from softmaxreg.population import train_population
 from softmaxreg.trainer import train
 
 TARGET_SLOWDOWN = 2.0
 LR = 0.01
-PIPELINES = ("ours (auto threads)", "ours (2 threads)", "tutorial DataLoader", "1-thread reference")
+PIPELINES = (
+    "ours (auto threads)",
+    "ours (2 threads)",
+    "tutorial DataLoader",
+    "1-thread reference",
+    "population of 8 (auto threads)",
+    "population of 8 (2 threads)",
+)
+POPULATION = 8
 SPINNER = "while True: pass"
 AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 
@@ -79,6 +90,17 @@ def ours_seconds(data: DataSplits, batch_size: int, threads: int, epochs: int) -
         batch_size=batch_size, lr=LR, epochs=epochs, device=str(data.device), threads=threads
     )
     return train(config, data).total_train_seconds
+
+
+def population_seconds(data: DataSplits, batch_size: int, threads: int, epochs: int) -> float:
+    """Training seconds of one `train_population` pass of `POPULATION` learning rates: what
+    `--population 8` trains per pass, so the thread count's cost under contention shows."""
+    configs = [
+        TrainConfig(batch_size=batch_size, lr=LR * (k + 1), epochs=epochs,
+                    device=str(data.device), threads=threads)
+        for k in range(POPULATION)
+    ]  # fmt: skip
+    return train_population(configs, data)[0].total_train_seconds
 
 
 def tutorial_seconds(loader: DataLoader, device: torch.device, epochs: int) -> float:
@@ -121,6 +143,8 @@ def trial_seconds(
         return ours_seconds(data, batch_size, 0, epochs)
     if pipeline == "ours (2 threads)":
         return ours_seconds(data, batch_size, 2, epochs)
+    if pipeline.startswith("population"):
+        return population_seconds(data, batch_size, 2 if "2 threads" in pipeline else 0, epochs)
     if pipeline == "tutorial DataLoader":
         assert loader is not None, "the tutorial pipeline needs its DataLoader"
         return tutorial_seconds(loader, context.device, epochs)
@@ -240,14 +264,19 @@ def run(context: Context) -> SectionResult:
         f"of its own (started before and killed after each busy block; autogroup = {autogroup}), "
         f"{settings.contention_rounds} alternating round(s). Pipelines: `train` with automatic "
         f"threads (1 at these sizes) and with 2 threads forced, the tutorial's DataLoader "
-        f"pipeline (its default {torch.get_num_threads()} thread(s)), and the 1-thread "
+        f"pipeline (its default {torch.get_num_threads()} thread(s)), the 1-thread "
         f"reference (the steps' matmuls alone: what the scheduler does to any single-threaded "
-        f"work). Slowdown = median busy / median quiet; the per-round ratios' range beside it. "
+        f"work), and a population of {POPULATION} learning rates (`train_population`, one "
+        f"pass of `--population {POPULATION}`) with automatic threads (1) and 2 forced; "
+        f"compare its two rows for what a second thread costs or gains. Slowdown = median "
+        f"busy / median quiet; the per-round ratios' range beside it. "
         f"'Quiet' means no spinner of ours: other users of the machine still count, so the load "
         f"average of every measurement is in the tables."
     )
     for _, row in summary.iterrows():
         key = f"bs{row.batch_size}_{row.pipeline.split(' ')[0].replace('1-thread', 'reference')}"
+        if row.pipeline.startswith("population"):
+            key = f"bs{row.batch_size}_population{POPULATION}"
         if "2 threads" in row.pipeline:
             key += "_2threads"
         result.metrics[f"slowdown_{key}"] = float(row.slowdown)

@@ -77,7 +77,7 @@ def synchronize(device: torch.device) -> None:
 
 
 SINGLE_THREAD_MAX_ROWS = 512
-"""Largest step (examples x models) that `choose_threads` runs on one thread. Measured on this
+"""Largest step of one model (examples) that `choose_threads` runs on one thread. Measured on this
 project's 2-core AMD EPYC VM (torch 2.14, MNIST-shaped 55,000 x 784 data, one epoch of the
 trainer's steps, best of 5 interleaved runs, 1 vs 2 threads): 2 threads were 6% slower at batch
 16, 3% slower at 64 and 5% slower at 128, even (1.17x faster at best, 0.99x at the median) at
@@ -89,14 +89,17 @@ process holds a core, a second thread waits on it and small steps get far slower
 def choose_threads(batch_size: int, requested: int, device: torch.device, models: int = 1) -> int:
     """torch intra-op threads for training `models` models on batches of `batch_size`.
 
-    `requested` > 0 is used as given. 0 (auto) picks 1 thread on the CPU when a step has at most
-    `SINGLE_THREAD_MAX_ROWS` rows (batch_size x models: the matmuls grow with both), else keeps
-    the current count, so auto never uses more threads than the caller allowed. On CUDA and MPS
-    the threads only feed the host side, and auto keeps the current count.
+    `requested` > 0 is used as given. 0 (auto) on the CPU picks 1 thread for a population
+    (`models` > 1) and for one model whose steps have at most `SINGLE_THREAD_MAX_ROWS` rows, else
+    keeps the current count, so auto never uses more threads than the caller allowed. A
+    population is the throughput mode: it gains K models per pass on one core (cores are for
+    more workers), and with a second thread it was 3-15x slower whenever other processes used
+    the CPUs (benchmarks.contention, population rows) against at most 1.5x faster on an idle
+    machine. On CUDA and MPS the threads only feed the host side, and auto keeps the count.
     """
     if requested > 0:
         return requested
-    if device.type == "cpu" and batch_size * models <= SINGLE_THREAD_MAX_ROWS:
+    if device.type == "cpu" and (models > 1 or batch_size <= SINGLE_THREAD_MAX_ROWS):
         return 1
     return torch.get_num_threads()
 

@@ -364,7 +364,9 @@ def test_auto_threads_grow_with_the_step_and_keep_the_callers_count_elsewhere():
     torch.set_num_threads(2)
     assert choose_threads(SINGLE_THREAD_MAX_ROWS, 0, cpu) == 1
     assert choose_threads(SINGLE_THREAD_MAX_ROWS + 1, 0, cpu) == 2
-    assert choose_threads(64, 0, cpu, models=SINGLE_THREAD_MAX_ROWS // 64 + 1) == 2
+    # A population stays on one core whatever its size (more cores: more workers).
+    assert choose_threads(SINGLE_THREAD_MAX_ROWS * 4, 0, cpu, models=8) == 1
+    assert choose_threads(SINGLE_THREAD_MAX_ROWS * 4, 2, cpu, models=8) == 2
     assert choose_threads(16, 0, cuda) == 2 and choose_threads(16, 3, cpu) == 3
 
 
