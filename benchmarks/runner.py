@@ -31,6 +31,7 @@ from benchmarks.common import (
     torch_threads,
 )
 from benchmarks.config import BenchConfig, Settings
+from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.report import write_report, write_tables
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
@@ -98,21 +99,21 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         + len(s.sklearn_cs) * 15 * scale
     )
     # Every measurement lasts at least contention_min_seconds (a slow pipeline's one trial can
-    # last longer): rounds x 2 conditions x batch sizes x 4 pipelines of them.
+    # last longer): rounds x 2 conditions x batch sizes x pipelines of them.
     examples = min(s.contention_examples, n_train)
     trial = s.contention_epochs * 95e-6 * examples  # the tutorial pipeline's, the slowest
     cost["contention"] = (
         s.contention_rounds
         * 2
         * len(s.contention_batch_sizes)
-        * 4
+        * len(CONTENTION_PIPELINES)
         * max(s.contention_min_seconds, trial)
     )
     cost["population"] = 8 if s.population_quick else 180
-    # Per run: ~15 s of start-up, then about 0.3 s per 10-epoch trial alone, a third of it in
-    # a population (benchmarks.population_sweep measures it).
-    per_trial = 0.03 * s.population_sweep_epochs * s.population_sweep_trials
-    cost["population_sweep"] = s.population_sweep_rounds * (30 + per_trial * (1 + 1 / 3))
+    # Each round runs both modes as processes: ~20 s of start-up each, then about 0.2 s per
+    # epoch of a trial alone, a third of that in a population.
+    epochs = s.population_sweep_epochs * s.population_sweep_trials
+    cost["population_sweep"] = s.population_sweep_rounds * (40 + 0.2 * epochs * (1 + 1 / 3))
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
 
 
