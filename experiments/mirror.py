@@ -135,6 +135,10 @@ class Mirror:
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
         self._run_ids: dict[int, str] = {}
+        self._sent: dict[str, set[tuple[str, str, str]]] = {}
+        """Per run id, the (kind, key, value) params, tags and inputs this mirror has written:
+        a trial's params and most of its tags never change, so they are sent once, not again
+        at the trial's end (MLflow checks every param it is sent against the stored ones)."""
 
     @classmethod
     def open(
@@ -306,19 +310,28 @@ class Mirror:
         if trial.state == TrialState.WAITING:
             return ""
         run_id, created = self._find_or_create_run(trial)
+        sent = self._sent.setdefault(run_id, set())
+        params = [p for p in as_params(trial_params(trial)) if ("p", p.key, p.value) not in sent]
         tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
-        self.call(
-            log_batch_in_chunks,
-            self.client,
-            run_id,
-            metrics=trial_metrics(trial),
-            params=as_params(trial_params(trial)),
-            tags=as_tags(tags),
-            patient=patient,
-        )
+        new_tags = [t for t in as_tags(tags) if ("t", t.key, t.value) not in sent]
+        metrics = trial_metrics(trial)
+        if metrics or params or new_tags:
+            self.call(
+                log_batch_in_chunks,
+                self.client,
+                run_id,
+                metrics=metrics,
+                params=params,
+                tags=new_tags,
+                patient=patient,
+            )
+            sent.update(("p", p.key, p.value) for p in params)
+            sent.update(("t", t.key, t.value) for t in new_tags)
         data = dataset_input(trial)
-        if data is not None:  # MLflow keeps one input per dataset and run: idempotent
+        if data is not None and ("i", data.dataset.name, data.dataset.digest) not in sent:
+            # MLflow keeps one input per dataset and run: idempotent, but a call each time.
             self.call(self.client.log_inputs, run_id, [data], patient=patient)
+            sent.add(("i", data.dataset.name, data.dataset.digest))
         status = RUN_STATUS_OF_STATE[trial.state]
         if trial.state.is_finished():
             end = millis(trial.datetime_complete)
@@ -358,6 +371,8 @@ class Mirror:
                 continue
             run = (runs.get(trial.number) or [None])[0]
             if run is None or not _matches(run, trial):
+                if run is not None:
+                    self._sent.pop(run.info.run_id, None)  # repair from scratch: send everything
                 self.sync(trial)
                 synced += 1
         if self._parent_closed() and self.ensure_best_model(study) is not None:

@@ -2,6 +2,7 @@
 
     python -m experiments.sweep                  # the default study: about two minutes on 2 CPUs
     python -m experiments.sweep --workers 2      # two worker processes on the same study
+    python -m experiments.sweep --population 8   # 8 trials of one batch size per training pass
     python -m experiments.sweep --n-trials 10 --epochs 3 --batch-sizes 64 256 --lr-range 0.01 1
     python -m experiments.sweep --storage postgresql://postgres@127.0.0.1:5432/optuna \\
         --tracking-uri http://127.0.0.1:5000 --worker-id 4   # one of several machines
