@@ -179,10 +179,10 @@ class Settings:
     """Trials of the sweep run with and without --population (the same configurations)."""
     population_sweep_epochs: int
     """Epochs per trial of that sweep."""
-    population_sweep_size: int
-    """--population of that sweep."""
+    population_sweep_sizes: tuple[int, ...]
+    """--population values of that sweep, each against --population 1."""
     population_sweep_rounds: int
-    """Rounds of one run per mode, alternating which goes first; medians are compared."""
+    """Rounds of one run per mode, the order reversed every other round; medians are compared."""
 
 
 FULL = Settings(
@@ -221,8 +221,8 @@ FULL = Settings(
     population_quick=False,
     population_sweep_trials=100,
     population_sweep_epochs=10,
-    population_sweep_size=8,
-    population_sweep_rounds=2,
+    population_sweep_sizes=(8, 16),
+    population_sweep_rounds=1,
 )
 
 QUICK = Settings(
@@ -259,6 +259,6 @@ QUICK = Settings(
     population_quick=True,
     population_sweep_trials=8,
     population_sweep_epochs=2,
-    population_sweep_size=4,
+    population_sweep_sizes=(4,),
     population_sweep_rounds=1,
 )

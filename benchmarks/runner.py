@@ -113,7 +113,10 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     # Each round runs both modes as processes: ~20 s of start-up each, then about 0.2 s per
     # epoch of a trial alone, a third of that in a population.
     epochs = s.population_sweep_epochs * s.population_sweep_trials
-    cost["population_sweep"] = s.population_sweep_rounds * (40 + 0.2 * epochs * (1 + 1 / 3))
+    modes = 1 + len(s.population_sweep_sizes)
+    cost["population_sweep"] = s.population_sweep_rounds * (
+        20 * modes + 0.2 * epochs * (1 + len(s.population_sweep_sizes) / 3)
+    )
     return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
 
 

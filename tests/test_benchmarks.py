@@ -423,7 +423,7 @@ def test_sweeps_as_processes_on_real_mnist(real_mnist_root, tmp_path):
             "--sections", *NEEDS_REAL_MNIST]  # fmt: skip
     assert main(argv) == 0
     trials = read(out, "population_sweep_trials")
-    size = QUICK.population_sweep_size
+    (size,) = QUICK.population_sweep_sizes
     assert len(trials) == 2 * QUICK.population_sweep_rounds * QUICK.population_sweep_trials
     assert (trials.state == "COMPLETE").all()
     single, together = (trials[trials.population == k] for k in (1, size))
@@ -438,5 +438,6 @@ def test_sweeps_as_processes_on_real_mnist(real_mnist_root, tmp_path):
     assert (difference <= 2 / 5000 + 1e-9).all()
     summary = read(out, "population_sweep")
     assert list(summary.population) == [1, size] and (summary.median_wall_seconds > 0).all()
+    assert summary.speedup.iloc[0] == 1.0
     workers = read(out, "sweep_workers")
     assert list(workers.workers) == [1, 2] and (workers.trials_per_minute > 0).all()
