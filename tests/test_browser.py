@@ -1,8 +1,9 @@
 """MLflow's UI in a real browser: what a user following the README sees of a small sweep.
 
 Debian's Chromium and chromedriver (`.ci/run` installs them) driven by Selenium, against a real
-`mlflow server` on 127.0.0.1 holding a 3-trial sweep. Screenshots go to the test's folder, and
-to `$SOFTMAXREG_SCREENSHOTS` when set (how docs/ was made). Skipped, saying why, only where no
+`mlflow server` on 127.0.0.1 holding a 3-trial sweep: the runs table with the best model, a
+child run's curve and the parent's plots. Screenshots go to the test's folder, and to
+`$SOFTMAXREG_SCREENSHOTS` when set (how docs/ was made). Skipped, saying why, only where no
 browser is installed.
 """
 
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
 from experiments.config import SweepConfig
+from experiments.model_registry import registered_model_name
 from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
 from tests.services import MlflowServer, copy_mlflow_db
@@ -110,25 +113,51 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
 """
 
 
-def test_a_user_sees_the_runs_their_figures_and_the_plots(served_sweep, browser, tmp_path):
+UNFOLD = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+MODELS_CELL = "[row-id='{}'] [col-id='attributes.`Models`']"
+ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
+
+
+def open_runs_table(driver, experiment: str, runs: int) -> None:
+    """The README's URL, then the parent's row unfolded to show its child runs."""
+    driver.get(f"{experiment}/runs?workflowType=machine_learning")
+    text = wait_for_text(driver, "browser-study", f"{runs} matching runs")
+    assert "Usage" not in text and "Token Usage" not in text  # the runs, not GenAI's overview
+    # The table renders after the run count: wait for the button rather than race the page.
+    WebDriverWait(driver, PAGE_SECONDS, 0.5).until(
+        expected_conditions.element_to_be_clickable(UNFOLD)
+    ).click()
+    # MLflow's assistant panel covers a third of the page (the Models column) in screenshots.
+    for close in driver.find_elements(By.CSS_SELECTOR, ASSISTANT_CLOSE):
+        close.click()
+
+
+def test_the_runs_table_shows_each_trial_and_the_best_trials_model(served_sweep, browser, tmp_path):
+    url, outcome = served_sweep
+    children = outcome.trials
+    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", TRIALS + 1)
+    columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
+    wait_for_text(browser, *(f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns))
+
+    # The registered model's run shows it (name and version) in the Models column; no other.
+    name = registered_model_name("browser-study")
+    (version,) = MlflowClient(url).search_model_versions(f"name = '{name}'")
+    best_cell = (By.CSS_SELECTOR, MODELS_CELL.format(version.run_id))
+    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+        expected_conditions.text_to_be_present_in_element(best_cell, name),
+        f"the best trial's run never showed {name} in its Models column",
+    )
+    assert browser.find_element(*best_cell).text.split() == [name, "v1"]
+    for run_id in children["mlflow_run_id"]:
+        if run_id != version.run_id:
+            assert browser.find_element(By.CSS_SELECTOR, MODELS_CELL.format(run_id)).text == "-"
+    shoot(browser, tmp_path, "runs_table.png")
+
+
+def test_a_child_runs_figures_and_curve_and_the_parents_plots(served_sweep, browser, tmp_path):
     url, outcome = served_sweep
     experiment = f"{url}/#/experiments/{outcome.experiment_id}"
     children = outcome.trials
-
-    # The README's URL opens the runs, not MLflow's GenAI overview.
-    browser.get(f"{experiment}/runs?workflowType=machine_learning")
-    text = wait_for_text(browser, "browser-study", f"{TRIALS + 1} matching runs")
-    assert "Usage" not in text and "Token Usage" not in text
-    # The parent's row folds its child runs: the button in its name cell unfolds them.
-    # The table renders after the run count: wait for the button rather than race the page.
-    unfold = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
-    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
-        expected_conditions.element_to_be_clickable(unfold)
-    ).click()
-    columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
-    names = [f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns]
-    wait_for_text(browser, *names)
-    shoot(browser, tmp_path, "runs_table.png")
 
     # A child run: its batch size, lr and validation accuracy, and the per-epoch curve.
     best = children.loc[children["best_val_accuracy"].idxmax()]
