@@ -154,7 +154,10 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.csv", "best_per_batch_size.csv", "best_per_batch_size.md"} <= artifacts
     assert "optimization_history.png" in artifacts
-    assert outcome.tracking_seconds > 0 and outcome.trial_seconds > outcome.tracking_seconds
+    # Both are measured; MLflow's calls happen within the sweep's own time. (Not "tracking is
+    # smaller than training": on 2,000 synthetic images it need not be, on a busy machine.)
+    assert outcome.trial_seconds > 0
+    assert 0 < outcome.tracking_seconds < outcome.wall_seconds
 
     # Same name again: the study resumes, the parent run is reused, trial numbers go on.
     second = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
