@@ -124,6 +124,13 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(plot =>
     x: Array.from(trace.x || []), y: Array.from(trace.y || []), z: Array.from(trace.z || []),
   })));
 """
+# The byte size of every loaded image on the page (the artifact viewer shows blob: URLs).
+SHOWN_IMAGE_BYTES = """
+const done = arguments[arguments.length - 1];
+const images = Array.from(document.images).filter(i => i.complete && i.naturalWidth > 400);
+Promise.all(images.map(i => fetch(i.src).then(r => r.blob()).then(b => b.size)))
+  .then(done, () => done([]));
+"""
 UNFOLD = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
 MODELS_CELL = "[row-id='{}'] [col-id='attributes.`Models`']"
 ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
@@ -253,14 +260,25 @@ def test_a_child_runs_figures_and_curve_and_the_parents_plots(served_sweep, brow
     assert curve and set(curve[0]["traces"]) == {EPOCHS}, charts  # a line and its markers
     shoot(browser, tmp_path, "child_metrics.png")
 
-    # The parent's plots render as images.
-    for plot in ("validation_curves.png", "best_lr_per_batch_size.png"):
-        browser.get(f"{experiment}/runs/{outcome.parent_run_id}/artifacts/{plot}"
-                    "?workflowType=machine_learning")  # fmt: skip
+    # The parent's plots, each picked in the artifact tree as a user does (a new #/…/artifacts/X
+    # URL in the same page keeps showing the previous file): the image shown is that file.
+    sizes = {a.path: a.file_size for a in MlflowClient(url).list_artifacts(outcome.parent_run_id)}
+    browser.get(
+        f"{experiment}/runs/{outcome.parent_run_id}/artifacts?workflowType=machine_learning"
+    )
+    browser.set_script_timeout(PAGE_SECONDS)
+    for plot in (
+        "validation_curves.png",
+        "best_lr_per_batch_size.png",
+        "contour_lr_batch_size.png",
+    ):
         WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
-            lambda d: d.execute_script(
-                "return Array.from(document.images).some(i => i.complete && i.naturalWidth > 400)"
-            ),
-            f"{plot} never rendered",
+            expected_conditions.element_to_be_clickable(
+                (By.XPATH, f"//li[normalize-space()='{plot}']")
+            )
+        ).click()
+        WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+            lambda d, size=sizes[plot]: size in d.execute_async_script(SHOWN_IMAGE_BYTES),
+            f"{plot} never shown",
         )
         shoot(browser, tmp_path, f"parent_{plot}")
