@@ -8,6 +8,11 @@ rebuilt mirror registers the same model. One model version per best trial: the v
 again by its run (the best trial's own run), so calling this twice registers nothing new, and a
 resumed study whose best trial changed gets a new version on top.
 
+In MLflow 3 a logged model is a LoggedModel entity of an experiment, linked to its run by
+`source_run_id` and listed in the run's outputs; the version's source is `models:/<model id>`.
+The entity is created here, in the run's own experiment, so MLflow's runs table shows the model
+and its registered version in the best trial's Models column.
+
 The model takes a batch of flattened, normalised images (float32, N × 784, as
 `softmaxreg.load_splits` returns them) and returns N × 10 logits; loading it back with
 `mlflow.pytorch.load_model` or `mlflow.pyfunc.load_model` needs the `softmaxreg` package.
@@ -23,6 +28,7 @@ import numpy as np
 import optuna
 import torch
 from mlflow import MlflowClient
+from mlflow.entities import LoggedModel
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
@@ -87,6 +93,21 @@ def registered_version(client: MlflowClient, name: str, run_id: str) -> str | No
     return versions[0].version if versions else None
 
 
+def create_logged_model(client: MlflowClient, run_id: str, tags: dict[str, str]) -> LoggedModel:
+    """The model's LoggedModel entity, in its run's experiment. Left to `log_model`, it would
+    land in the process's active experiment (MLflow's Default, id 0, for a worker that never
+    calls `set_experiment`), and MLflow's runs table, which lists the logged models of the
+    experiment shown, would show "-" in the run's Models column."""
+    run = client.get_run(run_id)
+    return client.create_logged_model(
+        run.info.experiment_id,
+        name=ARTIFACT_NAME,
+        source_run_id=run_id,
+        tags=tags,
+        params=run.data.params,  # what log_model copies from the run when it creates one
+    )
+
+
 def log_best_model(
     client: MlflowClient, uri: str, run_id: str, trial: FrozenTrial, name: str, study_uuid: str
 ) -> str | None:
@@ -103,18 +124,18 @@ def log_best_model(
     with torch.no_grad():
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     tags = {STUDY_UUID_TAG: study_uuid, TRIAL_NUMBER_TAG: str(trial.number)}
+    logged = create_logged_model(client, run_id, tags)
     with tracking_uri(uri), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pickle-format and pip-version advice on every call
         info = mlflow.pytorch.log_model(
             model,
-            name=ARTIFACT_NAME,
-            run_id=run_id,
+            model_id=logged.model_id,
+            run_id=run_id,  # the run's outputs list the model
             signature=signature,
             input_example=example,
             registered_model_name=name,
             # Named, not inferred: inference imports the model in a subprocess (seconds).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            tags=tags,
         )
     version = str(info.registered_model_version)
     for key, value in tags.items():

@@ -33,7 +33,18 @@ from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
 ACCURACY_NAME = "best validation accuracy"
+TIME_NAME = "time to accuracy (s)"
+OBJECTIVE_LABELS = {"best_val_accuracy": ACCURACY_NAME, "time_to_target_seconds": TIME_NAME}
+"""The study's metric names (`experiments.study` sets them) as the plots' axis labels."""
 SHOWN_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def objective_labels(study: optuna.Study) -> list[str]:
+    """One readable label per objective. Optuna's contour and history plots label the objective
+    with their `target_name` argument ("Objective Value" unless given), not the study's metric
+    names, so every plot is given these."""
+    names = study.metric_names or list(OBJECTIVE_LABELS)[: len(study.directions)]
+    return [OBJECTIVE_LABELS.get(name, name) for name in names]
 
 
 def _accuracy_target(trial: FrozenTrial) -> float:
@@ -53,10 +64,9 @@ def display_study(study: optuna.Study) -> optuna.Study:
         view = optuna.create_study(directions=study.directions)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    names = study.metric_names or [ACCURACY_NAME, "time to accuracy (s)"][: len(study.directions)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        view.set_metric_names(names)
+        view.set_metric_names(objective_labels(study))  # the importances' legend
     trials = [t for t in study.get_trials(deepcopy=False, states=SHOWN_STATES) if t.params]
     if not trials:
         return view
@@ -165,9 +175,11 @@ def plot_best_lr_per_batch_size(study: optuna.Study) -> plt.Axes:
 def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
     """File name → function drawing that plot on the current matplotlib figure."""
     view = display_study(study)
+    labels = objective_labels(study)
     multi = len(study.directions) > 1
-    # Multi-objective plots need a scalar target; accuracy is the one a reader compares.
-    target = {"target": _accuracy_target, "target_name": ACCURACY_NAME} if multi else {}
+    target: dict[str, object] = {"target_name": labels[0]}
+    if multi:  # multi-objective plots need a scalar target: accuracy, the one a reader compares
+        target["target"] = _accuracy_target
     plots: dict[str, Callable[[], object]] = {
         "optimization_history.png": functools.partial(
             optuna_plots.plot_optimization_history, view, **target
@@ -185,7 +197,7 @@ def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
         plots["pareto_front.png"] = functools.partial(
             optuna_plots.plot_pareto_front,
             view,
-            target_names=[ACCURACY_NAME, "time to accuracy (s)"],
+            target_names=labels,
         )
     return plots
 

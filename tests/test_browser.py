@@ -1,9 +1,10 @@
 """MLflow's UI in a real browser: what a user following the README sees of a small sweep.
 
 Debian's Chromium and chromedriver (`.ci/run` installs them) driven by Selenium, against a real
-`mlflow server` on 127.0.0.1 holding a 3-trial sweep. Screenshots go to the test's folder, and
-to `$SOFTMAXREG_SCREENSHOTS` when set (how docs/ was made). Skipped, saying why, only where no
-browser is installed.
+`mlflow server` on 127.0.0.1 holding a 3-trial sweep: the runs table with the best model, the
+Compare view of the finished trials, a child run's curve and the parent's plots. Screenshots go
+to the test's folder, and to `$SOFTMAXREG_SCREENSHOTS` when set (how docs/ was made). Skipped,
+saying why, only where no browser is installed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 from experiments.config import SweepConfig
+from experiments.model_registry import registered_model_name
 from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
 from tests.services import MlflowServer, copy_mlflow_db
@@ -110,25 +114,131 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(plot => ({
 """
 
 
-def test_a_user_sees_the_runs_their_figures_and_the_plots(served_sweep, browser, tmp_path):
+# Plotly keeps a chart's traces on its element: the Compare view's plots, readable as JSON.
+PLOT_TRACES = """
+return Array.from(document.querySelectorAll('.js-plotly-plot')).flatMap(plot =>
+  (plot.data || []).map(trace => ({
+    type: trace.type,
+    dimensions: (trace.dimensions || []).map(d => d.label),
+    colour: Array.from((trace.line || {}).color || []),
+    x: Array.from(trace.x || []), y: Array.from(trace.y || []), z: Array.from(trace.z || []),
+  })));
+"""
+# The byte size of every loaded image on the page (the artifact viewer shows blob: URLs).
+SHOWN_IMAGE_BYTES = """
+const done = arguments[arguments.length - 1];
+const images = Array.from(document.images).filter(i => i.complete && i.naturalWidth > 400);
+Promise.all(images.map(i => fetch(i.src).then(r => r.blob()).then(b => b.size)))
+  .then(done, () => done([]));
+"""
+UNFOLD = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+MODELS_CELL = "[row-id='{}'] [col-id='attributes.`Models`']"
+ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
+
+
+def open_runs_table(driver, experiment: str, runs: int) -> None:
+    """The README's URL, then the parent's row unfolded to show its child runs."""
+    driver.get(f"{experiment}/runs?workflowType=machine_learning")
+    text = wait_for_text(driver, "browser-study", f"{runs} matching runs")
+    assert "Usage" not in text and "Token Usage" not in text  # the runs, not GenAI's overview
+    # The table renders after the run count: wait for the button rather than race the page.
+    WebDriverWait(driver, PAGE_SECONDS, 0.5).until(
+        expected_conditions.element_to_be_clickable(UNFOLD)
+    ).click()
+    # MLflow's assistant panel covers a third of the page (the Models column) in screenshots.
+    for close in driver.find_elements(By.CSS_SELECTOR, ASSISTANT_CLOSE):
+        close.click()
+
+
+def plot_trace(driver, kind: str) -> dict:
+    """The first Plotly trace of `kind` once it is drawn with data."""
+    WebDriverWait(driver, PAGE_SECONDS, 0.5).until(
+        lambda d: any(t["type"] == kind and (t["dimensions"] or t["x"])
+                      for t in d.execute_script(PLOT_TRACES)),
+        f"no {kind} plot drawn",
+    )  # fmt: skip
+    return next(t for t in driver.execute_script(PLOT_TRACES) if t["type"] == kind)
+
+
+def choose(driver, selector_id: str, option: str) -> None:
+    """Pick `option` in one of MLflow's drop-down selectors."""
+    driver.find_element(By.ID, selector_id).click()
+    WebDriverWait(driver, PAGE_SECONDS, 0.5).until(
+        expected_conditions.element_to_be_clickable(
+            (By.XPATH, f"//*[@role='option'][normalize-space()='{option}']")
+        )
+    ).click()
+
+
+def test_the_runs_table_shows_each_trial_and_the_best_trials_model(served_sweep, browser, tmp_path):
+    url, outcome = served_sweep
+    children = outcome.trials
+    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", TRIALS + 1)
+    columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
+    wait_for_text(browser, *(f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns))
+
+    # The registered model's run shows it (name and version) in the Models column; no other.
+    name = registered_model_name("browser-study")
+    (version,) = MlflowClient(url).search_model_versions(f"name = '{name}'")
+    best_cell = (By.CSS_SELECTOR, MODELS_CELL.format(version.run_id))
+    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+        expected_conditions.text_to_be_present_in_element(best_cell, name),
+        f"the best trial's run never showed {name} in its Models column",
+    )
+    assert browser.find_element(*best_cell).text.split() == [name, "v1"]
+    for run_id in children["mlflow_run_id"]:
+        if run_id != version.run_id:
+            assert browser.find_element(By.CSS_SELECTOR, MODELS_CELL.format(run_id)).text == "-"
+    shoot(browser, tmp_path, "runs_table.png")
+
+
+def test_compare_shows_the_finished_trials_by_the_search_and_the_objective(
+    served_sweep, browser, tmp_path
+):
+    url, outcome = served_sweep
+    finished = outcome.trials[outcome.trials["mlflow_status"] == "FINISHED"]
+    assert finished["batch_size"].nunique() == 2, "the compared runs should differ in both params"
+    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", TRIALS + 1)
+    for run_id in finished["mlflow_run_id"]:  # README step 1: tick the FINISHED child runs
+        tick = f"[row-id='{run_id}'] .ag-selection-checkbox .ag-checkbox-input-wrapper"
+        WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+            expected_conditions.element_to_be_clickable((By.CSS_SELECTOR, tick))
+        ).click()
+        assert browser.find_element(By.CSS_SELECTOR, f"{tick} input").is_selected()
+    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+        expected_conditions.element_to_be_clickable((By.XPATH, "//button[.='Compare']"))
+    ).click()
+    wait_for_text(browser, f"Comparing {len(finished)} Runs from 1 Experiment")
+    assert all(run_id in browser.current_url for run_id in finished["mlflow_run_id"])
+
+    # It opens on parallel coordinates of the swept params, coloured by the objective: the sweep
+    # logs summary/best_val_accuracy as each run's first metric, which MLflow picks.
+    lines = plot_trace(browser, "parcoords")
+    assert lines["dimensions"] == [
+        "batch_size", "log10_lr", "log2_batch_size", "summary/best_val_accuracy"
+    ]  # fmt: skip
+    assert sorted(lines["colour"]) == pytest.approx(sorted(finished["best_val_accuracy"]))
+    shoot(browser, tmp_path, "compare_parallel_coordinates.png")
+
+    # README step 2: the contour tab, with the search's axes and the objective as its colour.
+    browser.find_element(By.XPATH, "//*[@role='tab'][.='Contour Plot']").click()
+    choose(browser, "xaxis-selector", "log2_batch_size")
+    choose(browser, "yaxis-selector", "log10_lr")
+    choose(browser, "zaxis-selector", "summary/best_val_accuracy")
+    contour = plot_trace(browser, "contour")
+    expected = zip(np.log2(finished["batch_size"]), np.log10(finished["lr"]),
+                   finished["best_val_accuracy"], strict=True)  # fmt: skip
+    shown = sorted(zip(contour["x"], contour["y"], contour["z"], strict=True))
+    assert len(shown) == len(finished)
+    for point, wanted in zip(shown, sorted(expected), strict=True):
+        assert point == pytest.approx(wanted, abs=1e-4)  # log10_lr is rounded to 4 places
+    shoot(browser, tmp_path, "compare_contour.png")
+
+
+def test_a_child_runs_figures_and_curve_and_the_parents_plots(served_sweep, browser, tmp_path):
     url, outcome = served_sweep
     experiment = f"{url}/#/experiments/{outcome.experiment_id}"
     children = outcome.trials
-
-    # The README's URL opens the runs, not MLflow's GenAI overview.
-    browser.get(f"{experiment}/runs?workflowType=machine_learning")
-    text = wait_for_text(browser, "browser-study", f"{TRIALS + 1} matching runs")
-    assert "Usage" not in text and "Token Usage" not in text
-    # The parent's row folds its child runs: the button in its name cell unfolds them.
-    # The table renders after the run count: wait for the button rather than race the page.
-    unfold = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
-    WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
-        expected_conditions.element_to_be_clickable(unfold)
-    ).click()
-    columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
-    names = [f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns]
-    wait_for_text(browser, *names)
-    shoot(browser, tmp_path, "runs_table.png")
 
     # A child run: its batch size, lr and validation accuracy, and the per-epoch curve.
     best = children.loc[children["best_val_accuracy"].idxmax()]
@@ -150,14 +260,25 @@ def test_a_user_sees_the_runs_their_figures_and_the_plots(served_sweep, browser,
     assert curve and set(curve[0]["traces"]) == {EPOCHS}, charts  # a line and its markers
     shoot(browser, tmp_path, "child_metrics.png")
 
-    # The parent's plots render as images.
-    for plot in ("validation_curves.png", "best_lr_per_batch_size.png"):
-        browser.get(f"{experiment}/runs/{outcome.parent_run_id}/artifacts/{plot}"
-                    "?workflowType=machine_learning")  # fmt: skip
+    # The parent's plots, each picked in the artifact tree as a user does (a new #/…/artifacts/X
+    # URL in the same page keeps showing the previous file): the image shown is that file.
+    sizes = {a.path: a.file_size for a in MlflowClient(url).list_artifacts(outcome.parent_run_id)}
+    browser.get(
+        f"{experiment}/runs/{outcome.parent_run_id}/artifacts?workflowType=machine_learning"
+    )
+    browser.set_script_timeout(PAGE_SECONDS)
+    for plot in (
+        "validation_curves.png",
+        "best_lr_per_batch_size.png",
+        "contour_lr_batch_size.png",
+    ):
         WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
-            lambda d: d.execute_script(
-                "return Array.from(document.images).some(i => i.complete && i.naturalWidth > 400)"
-            ),
-            f"{plot} never rendered",
+            expected_conditions.element_to_be_clickable(
+                (By.XPATH, f"//li[normalize-space()='{plot}']")
+            )
+        ).click()
+        WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
+            lambda d, size=sizes[plot]: size in d.execute_async_script(SHOWN_IMAGE_BYTES),
+            f"{plot} never shown",
         )
         shoot(browser, tmp_path, f"parent_{plot}")

@@ -76,6 +76,15 @@ def test_registered_model_loads_and_scores_its_trials_test_accuracy(
     run = client.get_run(versions[0].run_id)
     assert run.data.tags["optuna.trial_number"] == str(best.number)  # the best trial's own run
     assert versions[0].tags["optuna.trial_number"] == str(best.number)
+    # MLflow 3's LoggedModel entity: in the run's own experiment (the runs table's Models column
+    # lists only that experiment's models), linked to the run both ways, the version's source.
+    logged = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert [m.name for m in logged] == ["model"]
+    assert logged[0].params["batch_size"] == str(best.params["batch_size"])
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged[0].model_id]
+    assert versions[0].source == f"models:/{logged[0].model_id}"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking_uri)  # as a user would load it
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", config.tracking_uri)

@@ -87,6 +87,9 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert len(study.trials) == 3
+    # optuna-dashboard names the objective after these ("Objective 0" without them).
+    assert study.metric_names == ["best_val_accuracy"]
+    assert study.trials[0].distributions["batch_size"].choices == (32, 128)  # in the given order
     child_by_number = child_runs(client, "test-study")
     for trial in study.trials:
         run = child_by_number[trial.number]
@@ -390,6 +393,7 @@ def test_accuracy_vs_time_finds_a_pareto_front(stores, synthetic_splits):
     )
     study = outcome.study
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["best_val_accuracy", "time_to_target_seconds"]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert complete and all(len(t.values) == 2 for t in complete)
     for trial in complete:
