@@ -3,11 +3,12 @@
     PopulationTrials(study, objective, tracker, size=8).run(n_trials=40, timeout=None)
     # instead of study.optimize(objective, n_trials=40, callbacks=[tracker])
 
-Ask-and-tell: the first trial of a pass is sampled as usual; the other K - 1 are sampled with
-their batch size fixed to the first one's (`optuna.samplers.PartialFixedSampler` over the
-study's sampler; TPE's `constant_liar` makes them differ from each other and from trials running
-elsewhere). Trials whose batch size is fixed in advance (a retry of a dead worker's trial, a
-grid point) may still differ: each batch size of a pass trains as its own population. Every
+Ask-and-tell: a pass takes the batch size with the fewest trials so far and asks the study's
+sampler for K learning rates at it (`optuna.samplers.PartialFixedSampler` over the study's
+sampler; TPE's `constant_liar` makes them differ from each other and from trials running
+elsewhere), so the batch sizes take turns and each gets its learning rate searched. Trials whose
+batch size is fixed in advance (a retry of a dead worker's trial, a grid point) may still
+differ: each batch size of a pass trains as its own population. Every
 member is an ordinary trial: its settings, per-epoch figures, pruning reports, summary and
 result are stored on it exactly as `Objective` stores them for a trial trained alone, and it is
 mirrored to its own MLflow run as it starts and ends. Only its time figures differ: they are
@@ -127,21 +128,22 @@ class PopulationTrials:
                 beats.clear()
 
     def ask(self, count: int, beats: Heartbeats) -> list[Member]:
-        """`count` new trials, the first sampled freely, the rest at its batch size."""
-        members = [self._ask_one(beats)]
+        """`count` new trials at the batch size with the fewest trials so far, each with a
+        learning rate from the study's sampler (a grid point is a whole configuration: the
+        grid sampler chooses alone)."""
         base = self.study.sampler
-        fixed: optuna.samplers.BaseSampler = base  # a grid point is a whole configuration
-        if self.objective.sweep.sampler != "grid":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                batch_size = {"batch_size": members[0].config.batch_size}
-                fixed = optuna.samplers.PartialFixedSampler(batch_size, base)
-        self.study.sampler = fixed
+        if self.objective.sweep.sampler == "grid":
+            return [self._ask_one(beats) for _ in range(count)]
+        batch_size = least_tried_batch_size(self.study, self.objective.sweep.batch_sizes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
+            self.study.sampler = optuna.samplers.PartialFixedSampler(
+                {"batch_size": batch_size}, base
+            )
         try:
-            members += [self._ask_one(beats) for _ in range(count - 1)]
+            return [self._ask_one(beats) for _ in range(count)]
         finally:
             self.study.sampler = base
-        return members
 
     def _ask_one(self, beats: Heartbeats) -> Member:
         with warnings.catch_warnings():
@@ -221,6 +223,19 @@ def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetr
 
 def on_epoch_end(_epoch: int) -> None:
     GATE.release()
+
+
+def least_tried_batch_size(study: optuna.Study, batch_sizes: Sequence[int]) -> int:
+    """The batch size with the fewest trials in the study (running ones and other workers'
+    included), the first listed on ties: passes take the batch sizes in turn, so each one gets
+    its learning rate searched, which is how batch sizes are compared (at their own best lr).
+    Left to the sampler, a whole pass follows one draw and a batch size could get none."""
+    counts = dict.fromkeys(batch_sizes, 0)
+    for trial in study.get_trials(deepcopy=False):
+        size = trial.params.get("batch_size")
+        if size in counts:
+            counts[size] += 1
+    return min(batch_sizes, key=lambda size: counts[size])
 
 
 def by_batch_size(members: list[Member]) -> list[list[Member]]:

@@ -49,6 +49,8 @@ class SweepOutcome:
     """Trials this invocation ran (its workers' own, not other machines')."""
     wall_seconds: float
     trial_seconds: float
+    """Wall seconds of this invocation's loop of trials (their mirroring included); for a
+    `--workers` coordinator, the sum of its trials' durations."""
     tracking_seconds: float
     artifact_uri: str
     notes: list[str] = field(default_factory=list)

@@ -32,7 +32,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
@@ -53,7 +53,7 @@ from experiments.workers import (
     run_workers,
     threads_per_worker,
 )
-from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
+from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.device import DeviceUnavailableError, resolve_device
 
@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         device = resolve_device(train_config.device)
         stores = check_before_start(sweep, train_config, data_config)
-    except (DeviceUnavailableError, StoreError, SweepError, ConfigError) as error:
+    except ConfigError as error:  # settings that clash between the configs: name the flag
+        parser.error(with_flag_names(str(error), {f.name for f in fields(SweepConfig)}))
+    except (DeviceUnavailableError, StoreError, SweepError) as error:
         parser.error(str(error))
     data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
     if sweep.workers > 1:

@@ -36,7 +36,6 @@ class TrialTracker:
         self.progress = progress
         self.log = log
         self.own_states: Counter[str] = Counter()
-        self.trial_seconds = 0.0
         self.started: list[int] = []
         """Trial ids this worker started, in order."""
         self.synced: set[int] = set()
@@ -65,8 +64,6 @@ class TrialTracker:
             return
         self.counted.add(trial._trial_id)
         self.own_states[trial.state.name] += 1
-        if trial.duration is not None:
-            self.trial_seconds += trial.duration.total_seconds()
 
     def sync_unsynced(self, *, patient: bool) -> None:
         """Mirror the trials this worker started but did not finish mirroring (interrupted)."""

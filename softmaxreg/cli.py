@@ -123,11 +123,11 @@ def dataclass_from_args(
     try:
         return cls(**values)
     except ConfigError as error:
-        parser.error(_with_flag_names(str(error), names))
+        parser.error(with_flag_names(str(error), names))
     raise AssertionError("unreachable")  # parser.error exits
 
 
-def _with_flag_names(message: str, names: set[str]) -> str:
+def with_flag_names(message: str, names: set[str]) -> str:
     """Rewrite 'batch_size=0 is invalid' as '--batch-size 0 is invalid' for CLI users."""
     for name in sorted(names, key=len, reverse=True):
         if message.startswith(f"{name}="):

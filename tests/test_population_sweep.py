@@ -6,6 +6,8 @@ reference for every member's figures is `softmaxreg.train` on the same configura
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import threading
 from dataclasses import replace
@@ -17,11 +19,13 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from experiments.config import Stores
-from experiments.interrupts import install_signal_handlers
+from experiments.interrupts import GATE, install_signal_handlers
+from experiments.population_trials import on_epoch_end, on_member_epoch
 from experiments.report import format_report
 from experiments.sweep import main
 from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
+from softmaxreg.population import train_population
 from softmaxreg.trainer import train
 from tests.test_sweep import (
     child_runs,
@@ -47,11 +51,13 @@ def test_members_share_a_batch_size_and_match_training_alone(stores, synthetic_s
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
-    for first in (0, 3):  # two passes of three
-        members = study.trials[first : first + 3]
+    passes = [study.trials[first : first + 3] for first in (0, 3)]  # two passes of three
+    for members in passes:
         assert len({t.params["batch_size"] for t in members}) == 1
         assert len({t.params["lr"] for t in members}) == 3
         assert all(t.user_attrs["settings"]["population"] == 3 for t in members)
+    # The batch sizes take turns (the one with fewest trials next): each gets its lrs searched.
+    assert [members[0].params["batch_size"] for members in passes] == [32, 128]
     for trial in study.trials:
         alone = train(
             replace(THREE_EPOCHS, batch_size=trial.params["batch_size"], lr=trial.params["lr"]),
@@ -62,6 +68,16 @@ def test_members_share_a_batch_size_and_match_training_alone(stores, synthetic_s
         assert stored["train_loss"] == pytest.approx([m.train_loss for m in alone.epochs], rel=1e-4)
         assert trial.value == pytest.approx(alone.best_val_accuracy)
         assert trial.user_attrs["final_test_accuracy"] == pytest.approx(alone.final_test_accuracy)
+
+
+def test_passes_cover_every_batch_size_under_tpe(stores, synthetic_splits):
+    """The default sampler, 4 passes over 2 batch sizes: 2 passes each, whatever TPE prefers."""
+    config = sweep_config(stores, n_trials=8, population=2, pruner="none")  # TPE
+    run_sweep(config, replace(THREE_EPOCHS, epochs=1), DataConfig(), synthetic_splits, log=quiet)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    sizes = [t.params["batch_size"] for t in study.trials]
+    assert sorted(sizes) == [32] * 4 + [128] * 4
+    assert all(sizes[i] == sizes[i + 1] for i in range(0, 8, 2))  # a pass shares one
 
 
 def test_population_runs_have_the_fields_of_single_mode(stores, synthetic_splits):
@@ -219,6 +235,9 @@ BAD_FLAGS = [
     (["--population", "0"], "--population 0 is invalid"),
     (["--population", "2", "--objective", "accuracy_vs_time", "--pruner", "none"], "shared pass"),
     (["--population", "2", "--model", "tutorial_double_softmax"], "logits model only"),
+    # The default population names the flag to add.
+    (["--model", "tutorial_double_softmax"], "--population 8 is invalid"),
+    (["--objective", "accuracy_vs_time", "--pruner", "none"], "add --population 1"),
     (["--lr-schedules", "step"], "invalid choice"),
     (["--lr-schedules", "cosine", "cosine"], "distinct choices"),
 ]
@@ -242,3 +261,35 @@ def test_run_sweep_refuses_a_population_of_the_tutorial_model(stores, synthetic_
     with pytest.raises(ConfigError, match="logits model only"):
         run_sweep(config, tutorial, DataConfig(), synthetic_splits, log=quiet)
     assert not Path(stores["storage"].removeprefix("sqlite:///")).exists()
+
+
+class SignallingRecorder:
+    """Stands in for a member's `EpochRecorder`: notes each call; the first one sends this
+    process SIGINT, as Ctrl-C pressed while that member stores its epoch would."""
+
+    def __init__(self, name: str, calls: list, send_signal: bool) -> None:
+        self.name, self.calls, self.send_signal = name, calls, send_signal
+
+    def on_epoch(self, _seed_index: int, metrics) -> bool:
+        self.calls.append((self.name, metrics.epoch))
+        if self.send_signal:
+            self.send_signal = False
+            os.kill(os.getpid(), signal.SIGINT)
+        return False
+
+
+def test_a_signal_while_members_store_an_epoch_waits_for_all_of_them(synthetic_splits):
+    calls: list[tuple[str, int]] = []
+    recorders = [SignallingRecorder(name, calls, name == "a") for name in ("a", "b", "c")]
+    configs = [replace(THREE_EPOCHS, lr=lr) for lr in (0.05, 0.1, 0.2)]
+    callbacks = [functools.partial(on_member_epoch, r, 0) for r in recorders]
+    previous = signal.getsignal(signal.SIGINT)
+    install_signal_handlers()
+    try:
+        with pytest.raises(KeyboardInterrupt), GATE.interruptible():
+            train_population(configs, synthetic_splits, callbacks, on_epoch_end=on_epoch_end)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, previous if signum == signal.SIGINT else signal.SIG_DFL)
+    # Every member stored epoch 1, then the signal stopped the pass, before epoch 2.
+    assert calls == [("a", 1), ("b", 1), ("c", 1)]

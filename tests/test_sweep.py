@@ -46,6 +46,9 @@ def sweep_config(stores: dict[str, str], **overrides) -> SweepConfig:
         "batch_sizes": (32, 128),
         "lr_range": (0.05, 1.0),
         "quiet": True,
+        # One trial at a time: these tests are about single mode (tests/test_population_sweep.py
+        # covers --population, the default).
+        "population": 1,
         **stores,
         **overrides,
     }
