@@ -137,6 +137,24 @@ def _population_line(outcome: SweepOutcome) -> list[str]:
     ]
 
 
+def _coverage_line(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:
+    """Batch sizes the comparison cannot speak for yet (no COMPLETE trial)."""
+    complete = outcome.trials[outcome.trials["state"] == "COMPLETE"]
+    missing = [b for b in sweep.batch_sizes if b not in set(complete["batch_size"].dropna())]
+    if not missing:
+        return []
+    hint = ""
+    if sweep.population > 1:
+        hint = (
+            f" (a pass trains {sweep.population} trials of one batch size: "
+            f"{sweep.population * len(sweep.batch_sizes)} trials give each batch size one)"
+        )
+    return [
+        f"note: no complete trial yet at batch size {', '.join(map(str, missing))}; run more "
+        f"trials{hint}"
+    ]
+
+
 def _tracking_line(outcome: SweepOutcome) -> list[str]:
     if math.isnan(outcome.tracking_seconds):  # measured by the workers, not by a coordinator
         return []
@@ -169,6 +187,7 @@ def format_report(outcome: SweepOutcome, sweep: SweepConfig, stores: Stores) -> 
         "best learning rate per batch size (chosen by validation accuracy; test is only reported):",
         best_per_batch_size_text(outcome.best_per_batch_size),
         *_population_line(outcome),
+        *_coverage_line(outcome, sweep),
         "",
         *_tracking_line(outcome),
         *outcome.notes,

@@ -48,6 +48,15 @@ def test_members_share_a_batch_size_and_match_training_alone(stores, synthetic_s
     outcome = run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
     report = format_report(outcome, config, Stores.from_config(config))
     assert "trained in a population (up to 3 per pass) are those of the shared pass" in report
+    assert "no complete trial yet" not in report  # both batch sizes ran
+
+    one_pass = replace(config, study_name="one-pass", n_trials=3)
+    outcome = run_sweep(one_pass, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
+    report = format_report(outcome, one_pass, Stores.from_config(one_pass))
+    assert (
+        "note: no complete trial yet at batch size 128; run more trials (a pass trains 3 "
+        "trials of one batch size: 6 trials give each batch size one)" in report
+    )
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
