@@ -216,6 +216,8 @@ class Population:
                 for row in range(len(self.stack.members))
                 if self.end_epoch(row, epoch, losses[row], epoch_seconds, evaluations[row])
             ]
+            for row in set(range(len(self.stack.members))) - set(going_on):  # these stop here
+                self.stack.copy_into(row, self.models[self.stack.members[row]])
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch)
             if not going_on:
@@ -247,21 +249,7 @@ class Population:
         epoch_seconds: float,
         evaluation: Evaluation,
     ) -> bool:
-        """Check and report stack row `row`; False when its member stops here (its weights
-        are then copied into its model)."""
-        going_on = self._end_epoch(row, epoch, losses, epoch_seconds, evaluation)
-        if not going_on:
-            self.stack.copy_into(row, self.models[self.stack.members[row]])
-        return going_on
-
-    def _end_epoch(
-        self,
-        row: int,
-        epoch: int,
-        losses: torch.Tensor,
-        epoch_seconds: float,
-        evaluation: Evaluation,
-    ) -> bool:
+        """Check and report stack row `row`; False when its member stops here."""
         member = self.stack.members[row]
         config = self.configs[member]
         diverged_step = first_non_finite(losses)
