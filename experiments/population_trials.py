@@ -193,16 +193,27 @@ class PopulationTrials:
         if member.error is not None:
             self.objective.record_divergence(trial, member.error)
             LOGGER.warning(f"Trial {trial.number} failed: {member.error}")
-            return self.study.tell(trial, state=TrialState.FAIL)
+            return self._tell(trial, state=TrialState.FAIL)
         try:
             values = self.objective.conclude(trial, member.results)
         except optuna.TrialPruned as pruned:
             LOGGER.info(f"Trial {trial.number} pruned. {pruned}")
-            return self.study.tell(trial, state=TrialState.PRUNED)
+            return self._tell(trial, state=TrialState.PRUNED)
         LOGGER.info(
             f"Trial {trial.number} finished with value: {values} and parameters: {trial.params}."
         )
-        return self.study.tell(trial, values)
+        return self._tell(trial, values)
+
+    def _tell(self, trial: optuna.Trial, values=None, state: TrialState | None = None):
+        try:
+            return self.study.tell(trial, values, state=state)
+        except RuntimeError as error:
+            # The grid sampler asks the study to stop once its last point is told, which Optuna
+            # allows only inside study.optimize. The trial is stored by then (tell stores it in
+            # a `finally`), and `trials_to_run` already stops this worker at the grid's end.
+            if "Study.stop" not in str(error):
+                raise
+            return self.study._storage.get_trial(trial._trial_id)
 
     def fail_untold(self, members: list[Member], error: BaseException) -> None:
         """Every member not told yet is stored FAIL with the reason (as Optuna does for the
@@ -211,7 +222,7 @@ class PopulationTrials:
             if not member.told:
                 member.told = True
                 self.objective.record_interruption(member.trial, error)
-                self.study.tell(member.trial, state=TrialState.FAIL)
+                self._tell(member.trial, state=TrialState.FAIL)
 
 
 def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetrics) -> bool:

@@ -57,6 +57,7 @@ def served_sweep(tmp_path_factory, synthetic_splits):
             study_name="browser-study", n_trials=TRIALS, batch_sizes=(32, 128),
             lr_range=(0.05, 1.0), quiet=True, storage=f"sqlite:///{folder / 'optuna.db'}",
             tracking_uri=server.url,
+            population=2,  # passes of 2 and 1: runs that differ in both batch size and lr
         )  # fmt: skip
         with pytest.MonkeyPatch.context() as patch:
             patch.chdir(folder)

@@ -302,3 +302,15 @@ def test_a_signal_while_members_store_an_epoch_waits_for_all_of_them(synthetic_s
             signal.signal(signum, previous if signum == signal.SIGINT else signal.SIG_DFL)
     # Every member stored epoch 1, then the signal stopped the pass, before epoch 2.
     assert calls == [("a", 1), ("b", 1), ("c", 1)]
+
+
+def test_a_grid_in_population_mode_runs_every_point_once(stores, synthetic_splits):
+    """The grid sampler asks the study to stop at its last point, which Optuna allows only
+    inside study.optimize: in population mode the sweep must still end cleanly."""
+    config = sweep_config(stores, n_trials=6, population=4, sampler="grid", grid_lr_points=2)
+    run_sweep(config, replace(THREE_EPOCHS, epochs=1), DataConfig(), synthetic_splits, log=quiet)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    points = sorted((t.params["batch_size"], t.params["lr"]) for t in study.trials)
+    lrs = config.grid_learning_rates()
+    assert points == sorted((b, lr) for b in (32, 128) for lr in lrs)  # 4 of 6 asked: the grid
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)

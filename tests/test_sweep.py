@@ -371,6 +371,7 @@ def test_resuming_with_another_objective_exits_2_before_writing(
     )
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
     argv = ["--study-name", "test-study", "--objective", "accuracy_vs_time", "--pruner", "none",
+            "--population", "1",
             "--storage", stores["storage"], "--tracking-uri", stores["tracking_uri"],
             "--data-root", str(tmp_path / "data")]  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
