@@ -162,7 +162,7 @@ EXPECTED_TABLES = [
     (
         "population",
         len(POPULATION_QUICK["batch_sizes"]) * len(POPULATION_QUICK["members"]),
-        ["batch_size", "members", "ratio"],
+        ["batch_size", "members", "ratio", "matmul_floor_epoch_s", "reachable_ratio"],
     ),
 ]
 
@@ -368,6 +368,33 @@ def test_accuracy_ceiling_chooses_on_validation_and_compares_on_the_same_seeds(q
     assert table.test_accuracy_mean.between(0, 1).all()
     assert set(seeds.groupby("method").seed.apply(frozenset)) == {frozenset({1, 2})}
     assert 0.0 not in set(seeds.seed), "the selection seed is not reused for reporting"
+    refit = table.loc["ours (best on validation), refit on train + validation"]
+    assert refit.configuration.startswith(ours.configuration.split(" (")[0])
+    refit_seeds = seeds[seeds.method.str.endswith("refit on train + validation")]
+    assert len(refit_seeds) == 2 * 2 and refit_seeds.val_accuracy.isna().all()
+    assert refit_seeds.test_accuracy.between(0, 1).all()
+
+
+def test_the_refit_trains_on_train_and_validation_and_keeps_the_test_split(synthetic_splits):
+    from benchmarks.accuracy_ceiling import train_and_validation
+
+    refit = train_and_validation(synthetic_splits)
+    n_train, n_val = len(synthetic_splits.train_y), len(synthetic_splits.val_y)
+    assert len(refit.train_y) == len(refit.train_x) == n_train + n_val
+    assert torch.equal(refit.train_x[n_train:], synthetic_splits.val_x)
+    assert torch.equal(refit.test_x, synthetic_splits.test_x)
+    assert refit.checksum == synthetic_splits.checksum
+
+
+def test_population_bound_is_below_every_measured_epoch(quick_run):
+    """The matmul floor counts a subset of a population step's work, so a real epoch is slower
+    and the reachable ratio is above the measured one; the summary says the bound."""
+    _, out = quick_run
+    table = read(out, "population")
+    assert (table.matmul_floor_epoch_s < table.population_epoch_s).all()
+    assert (table.reachable_ratio > table.ratio).all()
+    report = (out / "report.md").read_text()
+    assert re.search(r"at most \d+\.\d\dx with the matmuls alone", report)
 
 
 def test_contention_reports_every_pipeline_quiet_and_busy(quick_run):
