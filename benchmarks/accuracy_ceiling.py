@@ -5,24 +5,30 @@
    member is scored by its final validation accuracy (the last iterate, which is what a decaying
    schedule is for). The best point wins; ties go to fewer epochs, then the smaller lr.
 2. Our chosen configuration then trains on seeds 1..n (disjoint from the selection seed); final
-   test accuracy is reported as mean ± sd.
+   test accuracy is reported as mean ± sd. It is then refit on train + validation (60,000
+   images, as the tutorial trains; sklearn's `refit=True` does the same): chosen on
+   validation, scored on the untouched test split.
 3. Beside it, in the same run on the same split: scikit-learn's `LogisticRegression` (lbfgs,
    multinomial, L2, C chosen on validation from a small grid) on the same normalised features;
    the tutorial's recipe (double softmax, bs 100, lr 0.1, constant, `ablation_epochs`) on the
-   same seeds; and the tutorial's settings with logits under each schedule (one population per
-   seed), which is what decides the default `lr_schedule` at equal epochs.
+   same seeds, on 55,000 and on 60,000 images; and the tutorial's settings with logits under
+   each schedule (one population per seed), which is what decides the default `lr_schedule` at
+   equal epochs.
 
 scikit-learn is optional: without it its row says so and the rest is measured.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 
 import pandas as pd
+import torch
 
 from benchmarks.common import Check, Context, SectionResult, Table
+from benchmarks.sklearn_reference import sklearn_grid
 from softmaxreg.config import LR_SCHEDULE_CHOICES, TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.population import train_population
@@ -30,6 +36,11 @@ from softmaxreg.trainer import train
 
 TARGET_TEST_ACCURACY = 0.926
 SELECTION_SEED = 0
+OURS = "ours (best on validation)"
+TUTORIAL = "tutorial recipe"
+REFIT = ", refit on train + validation"
+"""Suffix of a method trained again on all 60,000 training images once its configuration is
+fixed (the validation split then is not held out, so its validation accuracy is not reported)."""
 # Accuracy does not depend on the thread count; one thread is the fastest at these step sizes and
 # the least hurt by other processes sharing the machine.
 THREADS = 1
@@ -98,10 +109,21 @@ def seeds(context: Context) -> range:
     return range(1, context.settings.seeds + 1)
 
 
+def train_and_validation(data: DataSplits) -> DataSplits:
+    """`data` with the validation examples appended to the training split (the final fit)."""
+    return dataclasses.replace(
+        data,
+        train_x=torch.cat([data.train_x, data.val_x]),
+        train_y=torch.cat([data.train_y, data.val_y]),
+    )
+
+
 def seed_runs(context: Context, chosen: pd.Series) -> list[dict[str, object]]:
-    """Ours (chosen config), the tutorial's recipe, and the tutorial's settings with logits
-    under every schedule, on seeds 1..n: one row per (method, seed)."""
+    """Ours (chosen config) and the tutorial's recipe, each on the training split and refit on
+    train + validation, and the tutorial's settings with logits under every schedule, on seeds
+    1..n: one row per (method, seed)."""
     epochs = context.settings.ablation_epochs
+    refit_data = train_and_validation(context.mnist)
     rows: list[dict[str, object]] = []
     for seed in seeds(context):
         context.progress.line(f"  accuracy_ceiling: seed {seed}/{len(seeds(context))}")
@@ -121,9 +143,11 @@ def seed_runs(context: Context, chosen: pd.Series) -> list[dict[str, object]]:
             seed=seed,
             epochs=epochs,
         )
-        for method, config in (("ours (best on validation)", ours), ("tutorial recipe", tutorial)):
+        for method, config in ((OURS, ours), (TUTORIAL, tutorial)):
             result = train(config, context.mnist)
             rows.append(_row(method, seed, result.final_val_accuracy, result.final_test_accuracy))
+            refit = train(config, refit_data)
+            rows.append(_row(method + REFIT, seed, None, refit.final_test_accuracy))
         at_defaults = [
             base_config(context, lr_schedule=schedule, seed=seed, epochs=epochs)
             for schedule in LR_SCHEDULE_CHOICES
@@ -136,37 +160,8 @@ def seed_runs(context: Context, chosen: pd.Series) -> list[dict[str, object]]:
     return rows
 
 
-def _row(method: str, seed: int | None, val: float, test: float) -> dict[str, object]:
+def _row(method: str, seed: int | None, val: float | None, test: float) -> dict[str, object]:
     return {"method": method, "seed": seed, "val_accuracy": val, "test_accuracy": test}
-
-
-def sklearn_grid(context: Context, data: DataSplits) -> pd.DataFrame | str:
-    """Validation and test accuracy of LogisticRegression per C, or why it cannot run here."""
-    try:
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:
-        return "not measured: scikit-learn is not installed (pip install -e '.[bench]')"
-    x = {
-        name: getattr(data, f"{name}_x").flatten(1).cpu().numpy()
-        for name in ("train", "val", "test")
-    }
-    y = {name: getattr(data, f"{name}_y").cpu().numpy() for name in ("train", "val", "test")}
-    # Ascending C with warm starts: each fit starts from the more regularised optimum before it,
-    # the same solutions (within lbfgs's tolerance) for a fraction of the iterations.
-    model = LogisticRegression(max_iter=context.settings.sklearn_max_iter, warm_start=True)
-    rows = []
-    for c in sorted(context.settings.sklearn_cs):
-        context.progress.line(f"  accuracy_ceiling: scikit-learn, C = {c:g}")
-        model.set_params(C=c).fit(x["train"], y["train"])
-        rows.append(
-            {
-                "C": c,
-                "iterations": int(model.n_iter_.max()),
-                "val_accuracy": float(model.score(x["val"], y["val"])),
-                "test_accuracy": float(model.score(x["test"], y["test"])),
-            }
-        )
-    return pd.DataFrame(rows)
 
 
 def metric_key(method: str) -> str:
@@ -174,13 +169,23 @@ def metric_key(method: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", method).strip("_")
 
 
-def summary(runs: pd.DataFrame, chosen: pd.Series, sklearn: pd.DataFrame | str) -> pd.DataFrame:
+def summary(
+    runs: pd.DataFrame, chosen: pd.Series, sklearn: pd.DataFrame | str, data: DataSplits
+) -> pd.DataFrame:
     """One row per method: how it was configured, validation mean, test mean ± sd."""
+    trained_on = f"{len(data.train_y):,} training images"
+    refit_on = f"{len(data.train_y) + len(data.val_y):,} (train + validation)"
+    ours = (
+        f"bs {int(chosen.batch_size)}, lr {chosen.lr:g}, {chosen.lr_schedule}, weight decay "
+        f"{chosen.weight_decay:g}, {int(chosen.epochs)} epochs"
+    )
+    tutorial = "double softmax, bs 100, lr 0.1, constant"
     described = {
-        "ours (best on validation)": f"bs {int(chosen.batch_size)}, lr {chosen.lr:g}, "
-        f"{chosen.lr_schedule}, weight decay {chosen.weight_decay:g}, {int(chosen.epochs)} epochs "
-        f"(the selection grid's best on validation, seed {SELECTION_SEED})",
-        "tutorial recipe": "double softmax, bs 100, lr 0.1, constant",
+        OURS: f"{ours} (the selection grid's best on validation, seed {SELECTION_SEED}); "
+        f"{trained_on}",
+        OURS + REFIT: f"{ours}; {refit_on}",
+        TUTORIAL: f"{tutorial}; {trained_on}",
+        TUTORIAL + REFIT: f"{tutorial}; {refit_on}",
     }
     rows = []
     for method, group in runs.groupby("method", sort=False):
@@ -219,10 +224,10 @@ def run(context: Context) -> SectionResult:
     chosen = choose(sweep)
     runs = pd.DataFrame(seed_runs(context, chosen))
     sklearn = sklearn_grid(context, context.mnist)
-    table = summary(runs, chosen, sklearn)
+    table = summary(runs, chosen, sklearn, context.mnist)
     by_method = table.set_index("method")
-    ours = by_method.loc["ours (best on validation)"]
-    tutorial = by_method.loc["tutorial recipe"]
+    ours, tutorial = by_method.loc[OURS], by_method.loc[TUTORIAL]
+    ours_refit, tutorial_refit = by_method.loc[OURS + REFIT], by_method.loc[TUTORIAL + REFIT]
 
     result = SectionResult(key="accuracy_ceiling", title="Accuracy at the linear ceiling")
     result.text.append(
@@ -238,7 +243,12 @@ def run(context: Context) -> SectionResult:
     )
     result.text.append(
         f"**Ours {ours.test_accuracy_mean:.4f} ± {ours.test_accuracy_sd:.4f} test, the tutorial's "
-        f"recipe {tutorial.test_accuracy_mean:.4f} ± {tutorial.test_accuracy_sd:.4f}.** The "
+        f"recipe {tutorial.test_accuracy_mean:.4f} ± {tutorial.test_accuracy_sd:.4f}; refit on "
+        f"train + validation (as the tutorial trains on all of MNIST's training images), ours "
+        f"{ours_refit.test_accuracy_mean:.4f} ± {ours_refit.test_accuracy_sd:.4f}, the tutorial's "
+        f"{tutorial_refit.test_accuracy_mean:.4f} ± {tutorial_refit.test_accuracy_sd:.4f}.** The "
+        f"configuration is fixed before the refit (chosen on validation), so the test split stays "
+        f"unseen; a refit row's validation accuracy is empty: it trained on those images. The "
         f"'tutorial settings, logits' rows are bs 100, lr 0.1, {s.ablation_epochs} epochs under "
         f"each schedule: the comparison at equal epochs behind the default `lr_schedule`."
     )
@@ -274,10 +284,20 @@ def run(context: Context) -> SectionResult:
             note=str(ours.configuration),
         ),
         Check(
-            figure="ours minus the tutorial's recipe, test accuracy (means)",
-            value=float(ours.test_accuracy_mean - tutorial.test_accuracy_mean),
-            target=">= 0",
-            met=bool(ours.test_accuracy_mean >= tutorial.test_accuracy_mean),
+            figure=f"the same, refit on train + validation (mean of {s.seeds} seeds)",
+            value=float(ours_refit.test_accuracy_mean),
+            target=f">= {TARGET_TEST_ACCURACY}",
+            met=bool(ours_refit.test_accuracy_mean >= TARGET_TEST_ACCURACY),
+            note="chosen on validation first; the test split is never seen",
         ),
     ]
+    for label, mine, theirs in (("", ours, tutorial), (", both refit", ours_refit, tutorial_refit)):
+        result.checks.append(
+            Check(
+                figure=f"ours minus the tutorial's recipe, test accuracy (means{label})",
+                value=float(mine.test_accuracy_mean - theirs.test_accuracy_mean),
+                target=">= 0",
+                met=bool(mine.test_accuracy_mean >= theirs.test_accuracy_mean),
+            )
+        )
     return result
