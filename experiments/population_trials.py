@@ -3,16 +3,17 @@
     PopulationTrials(study, objective, tracker, size=8).run(n_trials=40, timeout=None)
     # instead of study.optimize(objective, n_trials=40, callbacks=[tracker])
 
-Ask-and-tell: a pass takes the batch size with the fewest trials so far and asks the study's
-sampler for K learning rates at it (`optuna.samplers.PartialFixedSampler` over the study's
-sampler; TPE's `constant_liar` makes them differ from each other and from trials running
-elsewhere), so the batch sizes take turns and each gets its learning rate searched. Trials whose
-batch size is fixed in advance (a retry of a dead worker's trial, a grid point) may still
-differ: each batch size of a pass trains as its own population. Every
-member is an ordinary trial: its settings, per-epoch figures, pruning reports, summary and
-result are stored on it exactly as `Objective` stores them for a trial trained alone, and it is
-mirrored to its own MLflow run as it starts and ends. Only its time figures differ: they are
-those of the shared pass (K models), and `settings.population` says how many shared it.
+Ask-and-tell: a pass takes the batch size with the fewest trials so far (or that of the queued
+trials, which come first) and asks the study's sampler for K learning rates at it
+(`optuna.samplers.PartialFixedSampler` over the study's sampler; TPE's `constant_liar` makes them
+differ from each other and from trials running elsewhere), so the batch sizes take turns and
+each gets its learning rate searched. Trials whose batch size is fixed in advance (a retry of a
+dead worker's trial, a grid point) may still differ (another worker can pop the queue in
+between): each batch size of a pass trains as its own population. Every member is an ordinary
+trial: its settings, per-epoch figures, pruning reports, summary and result are stored on it
+exactly as `Objective` stores them for a trial trained alone, and it is mirrored to its own
+MLflow run as it starts and ends. Only its time figures differ: they are those of the shared
+pass (K models), and `settings.population` says how many shared it.
 
 Liveness: Optuna's heartbeat thread runs only inside `study.optimize`; here one thread beats for
 every member while the pass runs, so a worker killed mid-pass leaves each member to be failed
@@ -128,13 +129,23 @@ class PopulationTrials:
                 beats.clear()
 
     def ask(self, count: int, beats: Heartbeats) -> list[Member]:
-        """`count` new trials at the batch size with the fewest trials so far, each with a
-        learning rate from the study's sampler (a grid point is a whole configuration: the
-        grid sampler chooses alone)."""
+        """Up to `count` trials at one batch size, each with a learning rate from the study's
+        sampler (a grid point is a whole configuration: the grid sampler chooses alone).
+
+        Queued trials come first, as `study.ask` pops them: a pass takes the queue's leading
+        run of one batch size (a dead worker's retries, enqueued points) and, when the queue
+        ends there, fills up with new trials at that batch size; otherwise the batch size with
+        the fewest trials so far."""
         base = self.study.sampler
         if self.objective.sweep.sampler == "grid":
             return [self._ask_one(beats) for _ in range(count)]
-        batch_size = least_tried_batch_size(self.study, self.objective.sweep.batch_sizes)
+        queued = queued_batch_sizes(self.study)
+        run = leading_run(queued[:count])
+        if run < len(queued):
+            count = run  # another batch size is queued next: it gets a pass of its own
+        batch_size = queued[0] if queued and queued[0] is not None else None
+        if batch_size is None:
+            batch_size = least_tried_batch_size(self.study, self.objective.sweep.batch_sizes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
             self.study.sampler = optuna.samplers.PartialFixedSampler(
@@ -247,6 +258,21 @@ def least_tried_batch_size(study: optuna.Study, batch_sizes: Sequence[int]) -> i
         if size in counts:
             counts[size] += 1
     return min(batch_sizes, key=lambda size: counts[size])
+
+
+def queued_batch_sizes(study: optuna.Study) -> list[int | None]:
+    """The fixed batch size of every WAITING trial, in the order `study.ask` pops them (None
+    where a queued trial leaves the batch size to the sampler)."""
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    return [trial.system_attrs.get("fixed_params", {}).get("batch_size") for trial in waiting]
+
+
+def leading_run(values: Sequence[object]) -> int:
+    """How many values at the start of `values` equal the first (0 when empty)."""
+    run = 0
+    while run < len(values) and values[run] == values[0]:
+        run += 1
+    return run
 
 
 def by_batch_size(members: list[Member]) -> list[list[Member]]:

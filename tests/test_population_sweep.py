@@ -89,6 +89,27 @@ def test_passes_cover_every_batch_size_under_tpe(stores, synthetic_splits):
     assert all(sizes[i] == sizes[i + 1] for i in range(0, 8, 2))  # a pass shares one
 
 
+def test_queued_trials_take_passes_of_their_own_batch_size(stores, synthetic_splits):
+    """Enqueued trials (a dead worker's retries, a user's points) come first, as Optuna pops
+    them: a pass stops where the queue's batch size changes, and a queue that ends inside a
+    pass is joined by new trials of its batch size, so no trial trains in a population of one
+    beside another batch size's."""
+    config = sweep_config(stores, n_trials=2, population=2, sampler="random", pruner="none")
+    one_epoch = replace(THREE_EPOCHS, epochs=1)
+    run_sweep(config, one_epoch, DataConfig(), synthetic_splits, log=quiet)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    for batch_size, lr in ((32, 0.1), (32, 0.2), (128, 0.3), (128, 0.4), (128, 0.5), (32, 0.6)):
+        study.enqueue_trial({"batch_size": batch_size, "lr": lr})
+    resumed = replace(config, n_trials=8, population=4)
+    run_sweep(resumed, one_epoch, DataConfig(), synthetic_splits, log=quiet)
+
+    trials = optuna.load_study(study_name="test-study", storage=stores["storage"]).trials[2:]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    assert [t.params["batch_size"] for t in trials] == [32, 32, 128, 128, 128, 32, 32, 32]
+    assert [t.params["lr"] for t in trials[:6]] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    assert [t.user_attrs["settings"]["population"] for t in trials] == [2, 2] + [3] * 6
+
+
 def test_population_runs_have_the_fields_of_single_mode(stores, synthetic_splits):
     """One MLflow run per trial, with the same params, metrics and tags as a trial trained
     alone, and the same per-epoch history."""
