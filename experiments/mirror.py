@@ -352,7 +352,8 @@ class Mirror:
         return self.call(log_best_model, self.client, uri, run_id, trial, name, self.study_uuid)
 
     def reconcile(self, study: optuna.Study) -> ReconcileReport:
-        """Every trial gets exactly one run matching its record; stale trials are failed first."""
+        """Every finished trial gets exactly one run matching its record; stale trials are
+        failed first, and live workers' running trials are left to them."""
         with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)  # we rely on it anyway
@@ -367,7 +368,10 @@ class Mirror:
                 self._run_ids[number] = copies[0].info.run_id
         synced = 0
         for trial in trials:
-            if trial.state == TrialState.WAITING:
+            # A trial still RUNNING once the stale ones are failed belongs to a live worker,
+            # which mirrors it when it ends. Synced from this snapshot it could land after that
+            # worker's last write and turn its finished run back to RUNNING.
+            if trial.state in (TrialState.WAITING, TrialState.RUNNING):
                 continue
             run = (runs.get(trial.number) or [None])[0]
             if run is None or not _matches(run, trial):

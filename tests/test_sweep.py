@@ -25,9 +25,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
-from experiments.config import SweepConfig
+from experiments.config import Stores, SweepConfig
 from experiments.export import main as export_main
 from experiments.interrupts import install_signal_handlers
+from experiments.mirror import Mirror
 from experiments.results import best_per_batch_size, best_per_batch_size_markdown
 from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
@@ -530,3 +531,38 @@ def test_resuming_with_other_batch_sizes_exits_2_and_adds_no_trial(
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]  # no empty FAIL trials
     assert not (tmp_path / "data").exists()
+
+
+def test_a_reconcile_leaves_a_live_workers_trial_to_it(stores, synthetic_splits):
+    """Another worker's reconcile (at its start or end) reads the study; then the owner finishes
+    a trial and closes its run. The reconcile must not write its stale view (RUNNING) over it."""
+    config = sweep_config(stores, n_trials=1)
+    run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    owner, other = (
+        Mirror.open(Stores.from_config(config), study, wait_seconds=5, log=lambda _: None)
+        for _ in range(2)
+    )
+    for mirror in (owner, other):
+        mirror.ensure_parent_run(study, {}, reopen=False)
+    trial = study.ask(
+        {
+            "batch_size": optuna.distributions.CategoricalDistribution((32, 128)),
+            "lr": optuna.distributions.FloatDistribution(0.05, 1.0, log=True),
+        }
+    )
+    run_id = owner.sync(study._storage.get_trial(trial._trial_id))  # the run of a live trial
+    # Its record moves on, as each epoch does.
+    trial.set_user_attr("epochs", {"step": [1], "time_ms": [0], "val_accuracy": [0.9]})
+
+    def owner_finishes_meanwhile(*args):
+        runs = read_runs(*args)
+        owner.sync(study.tell(trial, 0.9))
+        return runs
+
+    read_runs = other._study_runs
+    other._study_runs = owner_finishes_meanwhile
+    report = other.reconcile(study)
+
+    assert MlflowClient(stores["tracking_uri"]).get_run(run_id).info.status == "FINISHED"
+    assert report.synced == 0  # the finished trial was the owner's to mirror, and it did
