@@ -7,7 +7,8 @@
 Optuna's storage is the source of truth. For each trial, the run is found by (study UUID, trial
 number) and rebuilt from the trial's record where it is missing, empty or out of date (a
 tracking outage, a crash half-way through a mirror); a RUNNING trial whose worker stopped
-beating (kill -9, preemption) is first marked FAIL, and its run closed with the reason;
+beating (kill -9, preemption) is first marked FAIL, and its run closed with the reason (one
+whose worker still beats is left to that worker);
 duplicate runs of one trial are deleted, keeping the oldest. Running it twice changes nothing
 the second time. Every worker does the same at its start and end; this command is for after an
 outage, or to check (it prints how many runs it repaired).
