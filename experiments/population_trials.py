@@ -139,13 +139,14 @@ class PopulationTrials:
         base = self.study.sampler
         if self.objective.sweep.sampler == "grid":
             return [self._ask_one(beats) for _ in range(count)]
-        queued = queued_batch_sizes(self.study)
+        trials = self.study.get_trials(deepcopy=False)  # one read for the queue and the counts
+        queued = queued_batch_sizes(trials)
         run = leading_run(queued[:count])
         if run < len(queued):
             count = run  # another batch size is queued next: it gets a pass of its own
-        batch_size = queued[0] if queued and queued[0] is not None else None
+        batch_size = queued[0] if queued else None
         if batch_size is None:
-            batch_size = least_tried_batch_size(self.study, self.objective.sweep.batch_sizes)
+            batch_size = least_tried_batch_size(trials, self.objective.sweep.batch_sizes)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
             self.study.sampler = optuna.samplers.PartialFixedSampler(
@@ -247,24 +248,27 @@ def on_epoch_end(_epoch: int) -> None:
     GATE.release()
 
 
-def least_tried_batch_size(study: optuna.Study, batch_sizes: Sequence[int]) -> int:
-    """The batch size with the fewest trials in the study (running ones and other workers'
+def least_tried_batch_size(trials: Sequence[FrozenTrial], batch_sizes: Sequence[int]) -> int:
+    """The batch size with the fewest of the study's `trials` (running ones and other workers'
     included), the first listed on ties: passes take the batch sizes in turn, so each one gets
     its learning rate searched, which is how batch sizes are compared (at their own best lr).
     Left to the sampler, a whole pass follows one draw and a batch size could get none."""
     counts = dict.fromkeys(batch_sizes, 0)
-    for trial in study.get_trials(deepcopy=False):
+    for trial in trials:
         size = trial.params.get("batch_size")
         if size in counts:
             counts[size] += 1
     return min(batch_sizes, key=lambda size: counts[size])
 
 
-def queued_batch_sizes(study: optuna.Study) -> list[int | None]:
-    """The fixed batch size of every WAITING trial, in the order `study.ask` pops them (None
-    where a queued trial leaves the batch size to the sampler)."""
-    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-    return [trial.system_attrs.get("fixed_params", {}).get("batch_size") for trial in waiting]
+def queued_batch_sizes(trials: Sequence[FrozenTrial]) -> list[int | None]:
+    """The fixed batch size of every WAITING trial of the study's `trials` (in trial order, the
+    order `study.ask` pops them; None where a queued trial leaves it to the sampler)."""
+    return [
+        trial.system_attrs.get("fixed_params", {}).get("batch_size")
+        for trial in trials
+        if trial.state == TrialState.WAITING
+    ]
 
 
 def leading_run(values: Sequence[object]) -> int:
