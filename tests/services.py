@@ -54,6 +54,13 @@ def copy_mlflow_db(tmp_path_factory: pytest.TempPathFactory, destination: Path) 
     return destination
 
 
+def server_environment() -> dict[str, str]:
+    """The tests' environment, less MLflow's job runner: by default `mlflow server` also starts
+    a huey job consumer and its periodic tasks (several processes on two cores) that serve
+    GenAI jobs no test uses."""
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with the given backend store; stopped by its process group."""
 
@@ -70,6 +77,7 @@ class MlflowServer:
             [str(MLFLOW), "server", "--backend-store-uri", self.backend_uri,
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             cwd=self.folder,  # artifacts it serves go to ./mlartifacts here
+            env=server_environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so its workers stop with it
