@@ -339,6 +339,8 @@ def run_suite(
             "command": command_line(argv),
             "started": started.isoformat(),
             "cpu_count": os.cpu_count(),
+            # What this process may run on (taskset, cgroups): fewer than cpu_count slows it.
+            "usable_cpus": len(os.sched_getaffinity(0)),
             "load_average_start": load_start,
             "suite_run_id": suite_run,
             "tracking_uri": tracking_uri,
