@@ -109,6 +109,11 @@ def write_report(
             "",
         ]
     lines += [f"- **{key}**: {value}" for key, value in header.items()]
+    lines.append(
+        f"- **Rounds**: every round of every figure in [{ROUNDS_NAME}]({ROUNDS_NAME}), the "
+        f"environment and each section's load in [{ENVIRONMENT_NAME}]({ENVIRONMENT_NAME}): what "
+        "`python -m benchmarks.compare` reads"
+    )
     lines += ["", "## Machine", "", "| key | value |", "|---|---|"]
     lines += [f"| {key} | {format_cell(value)} |" for key, value in environment.items()]
 
