@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # Reinstall whenever the dependency list changes.
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint sweep export train bench bench-quick ui dashboard clean
+.PHONY: install test lint sweep export train bench bench-full bench-quick bench-compare ui dashboard clean
 
 install: $(STAMP)
 
@@ -33,11 +33,19 @@ export: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m experiments.train $(ARGS)
 
+# The standard profile (~11 min here): every headline figure with rounds enough to compare.
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks $(ARGS)
+	$(BIN)/python -m benchmarks --profile standard $(ARGS)
+
+bench-full: $(STAMP)
+	$(BIN)/python -m benchmarks --profile full $(ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks --quick $(ARGS)
+
+# make bench-compare BASE=folder-or-run-id NEW=folder-or-run-id [ARGS=--fail-on-regression]
+bench-compare: $(STAMP)
+	$(BIN)/python -m benchmarks.compare $(BASE) $(NEW) $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

@@ -1,7 +1,9 @@
 """The softmaxreg benchmark suite: every figure measured in one run, on the same data.
 
-    python -m benchmarks                              # full run (~10 min on a 2-core CPU)
+    python -m benchmarks                              # standard profile (~11 min, 2-core CPU)
+    python -m benchmarks --profile full               # the committed report (35-45 min)
     python -m benchmarks --quick                      # smoke check, under a minute
+    python -m benchmarks.compare BASE NEW             # two runs figure by figure, with noise
     python -m benchmarks --quick --synthetic --out /tmp/bench   # no data needed
     python -m benchmarks --data-root ./data --out benchmarks/report --sections scaling
 
@@ -13,7 +15,8 @@ per trial), `sweep_throughput` (trials per minute of the default sweep), `sweep_
 same with 1 and 2 worker processes, side by side), `fashion_mnist` (the
 time-to-accuracy table on Fashion-MNIST).
 
-Output in `--out` (default ./benchmark-results): report.md, one CSV per table, PNG plots, and an
+Output in `--out` (default ./benchmark-results): report.md, one CSV per table, PNG plots,
+rounds.csv and environment.json (what `benchmarks.compare` reads), and an
 MLflow store (sqlite:///<out>/mlflow.db, artifacts in <out>/mlartifacts) with experiment
 `benchmarks`: one parent run per suite run, one child run per benchmark. The committed copy of
 the report is benchmarks/report/report.md.

@@ -300,4 +300,13 @@ def run(context: Context) -> SectionResult:
                 met=bool(mine.test_accuracy_mean >= theirs.test_accuracy_mean),
             )
         )
+    result.add_rounds_by(
+        runs,
+        ["method"],
+        "test_accuracy",
+        "{method}: test accuracy",
+        kind="accuracy",
+        better="higher",
+        unit="",
+    )
     return result

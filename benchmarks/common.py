@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -100,6 +101,27 @@ class Table:
     """False for long raw tables that the report only links."""
 
 
+FigureKind = Literal["timed", "accuracy"]
+Better = Literal["lower", "higher"]
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Every round of one figure, as measured: what `benchmarks.compare` judges noise by.
+
+    A timed figure's rounds are its repeats (alternating rounds, passes, runs); an accuracy
+    figure's are its seeds. Figures are matched across runs by `figure`, so it names what was
+    measured and nothing run-specific."""
+
+    figure: str
+    values: tuple[float, ...]
+    kind: FigureKind = "timed"
+    better: Better = "lower"
+    """Which way is an improvement: lower for seconds and slowdowns, higher for speed-ups,
+    throughput and accuracy."""
+    unit: str = "s"
+
+
 @dataclass
 class SectionResult:
     """Everything one benchmark produced."""
@@ -120,6 +142,38 @@ class SectionResult:
     load: tuple[float, float] = (math.nan, math.nan)
     """1-minute load average of the machine when the benchmark started and ended."""
     run_id: str = ""
+    rounds: list[Rounds] = field(default_factory=list)
+    """Every round of every timed figure and every seed of every accuracy figure."""
+
+    def add_rounds(
+        self,
+        figure: str,
+        values: Sequence[float],
+        *,
+        kind: FigureKind = "timed",
+        better: Better = "lower",
+        unit: str = "s",
+    ) -> None:
+        self.rounds.append(Rounds(figure, tuple(float(v) for v in values), kind, better, unit))
+
+    def add_rounds_by(
+        self,
+        frame: pd.DataFrame,
+        by: Sequence[str],
+        value: str,
+        label: str,
+        *,
+        kind: FigureKind = "timed",
+        better: Better = "lower",
+        unit: str = "s",
+    ) -> None:
+        """One figure per group of `frame` by the `by` columns, named `label.format(**group)`,
+        its rounds the group's `value` column in the order measured."""
+        for keys, group in frame.groupby(list(by), sort=False):
+            names = dict(zip(by, keys if isinstance(keys, tuple) else (keys,), strict=True))
+            self.add_rounds(
+                label.format(**names), group[value].tolist(), kind=kind, better=better, unit=unit
+            )
 
 
 class Progress:

@@ -2,8 +2,11 @@
 
 `BenchConfig` is the single source of the CLI: every field becomes a flag through
 `softmaxreg.cli`, with its docstring as help; invalid values exit with status 2 before any work.
-`Settings` holds the sizes of every benchmark (batch sizes, repeats, seeds, ...); `FULL` is the
-reported run, `QUICK` the under-a-minute smoke check. A few `BenchConfig` fields override them.
+`Settings` holds the sizes of every benchmark (batch sizes, repeats, seeds, ...), one preset per
+`--profile`: `STANDARD` (the default, ~10 minutes here: every headline figure with at least three
+rounds or seeds, so that `benchmarks.compare` has noise bands), `FULL` (the committed report,
+35-45 minutes) and `QUICK` (`--quick`, the under-a-minute smoke check). A few `BenchConfig`
+fields override them.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ SectionName = Literal[
     "population_sweep",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source
+ProfileName = Literal["quick", "standard", "full"]
+PROFILES: tuple[str, ...] = get_args(ProfileName)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,13 @@ class BenchConfig:
     """MLflow tracking URI of the `benchmarks` experiment. Empty means sqlite:///<out>/mlflow.db
     with artifacts in <out>/mlartifacts."""
 
+    profile: ProfileName = "standard"
+    """Sizes of every benchmark: standard (~10 min here, every headline figure with enough
+    rounds to compare runs), full (the committed report, 35-45 min) or quick (as --quick)."""
+
     quick: bool = False
-    """Smoke check in under a minute: tiny sizes, one repeat; its figures mean nothing."""
+    """Smoke check in under a minute (the same as --profile quick): tiny sizes, one repeat; its
+    figures mean nothing."""
 
     synthetic: bool = False
     """Use small synthetic IDX data written to a temporary folder instead of (Fashion-)MNIST, so
@@ -86,6 +96,13 @@ class BenchConfig:
         for section in self.sections:
             require_choice(section, "sections", SECTIONS)
         require_choice(self.device, "device", DEVICE_CHOICES)
+        require_choice(self.profile, "profile", PROFILES)
+        require(
+            not self.quick or self.profile in ("quick", "standard"),
+            "quick",
+            self.quick,
+            f"--quick alone: it is --profile quick, and contradicts --profile {self.profile}",
+        )
         require_int(self.threads, "threads", 0)
         for name in ("seeds", "repeats", "rounds"):
             value = getattr(self, name)
@@ -93,9 +110,18 @@ class BenchConfig:
                 require_int(value, name, 1)
 
     @property
+    def profile_name(self) -> ProfileName:
+        """The profile this run uses: --quick is --profile quick."""
+        return "quick" if self.quick else self.profile
+
+    @property
+    def is_quick(self) -> bool:
+        return self.profile_name == "quick"
+
+    @property
     def settings(self) -> Settings:
         """The sizes this run uses: the preset, with any overrides from the flags applied."""
-        preset = QUICK if self.quick else FULL
+        preset = {"quick": QUICK, "standard": STANDARD, "full": FULL}[self.profile_name]
         overrides = {
             "seeds": self.seeds,
             "scaling_passes": self.repeats,
@@ -173,8 +199,8 @@ class Settings:
     """Each contention measurement repeats its trial until this many training seconds have
     passed (at least once) and reports seconds per trial: one trial at batch 256 lasts ~20 ms,
     a few scheduler slices, which a single lost slice doubles."""
-    population_quick: bool
-    """Run the population benchmark at its quick sizes."""
+    population_sizes: ProfileName
+    """Sizes of the population benchmark (`benchmarks.population.PRESETS`)."""
     population_sweep_trials: int
     """Trials of the sweep run with and without --population (the same configurations)."""
     population_sweep_epochs: int
@@ -218,7 +244,7 @@ FULL = Settings(
     contention_examples=4000,
     contention_rounds=5,
     contention_min_seconds=1.0,
-    population_quick=False,
+    population_sizes="full",
     population_sweep_trials=100,
     population_sweep_epochs=10,
     population_sweep_sizes=(8, 16),
@@ -256,9 +282,35 @@ QUICK = Settings(
     contention_examples=256,
     contention_rounds=1,
     contention_min_seconds=0.0,
-    population_quick=True,
+    population_sizes="quick",
     population_sweep_trials=8,
     population_sweep_epochs=2,
     population_sweep_sizes=(4,),
     population_sweep_rounds=1,
+)
+
+# Every headline figure of the full run, at sizes for ~10 minutes here, with >= 3 rounds or seeds
+# per figure; per-section estimates in `benchmarks.runner.estimate_seconds`.
+STANDARD = dataclasses.replace(
+    FULL,
+    batch_sizes=(128, 256, 512, 1024, 4096),
+    sweep_lrs=(0.1, 0.3, 1.0),
+    sweep_epochs=5,
+    seeds=3,
+    tracking_epochs=5,
+    sweep_trials=20,
+    sweep_epochs_per_trial=5,
+    ceiling_batch_sizes=(64,),
+    ceiling_lrs=(0.1,),
+    ceiling_epochs=(20,),
+    ceiling_weight_decays=(0.0, 1e-3),
+    sklearn_cs=(0.01,),
+    contention_examples=1000,
+    contention_rounds=3,
+    contention_min_seconds=0.3,
+    population_sizes="standard",
+    population_sweep_trials=12,
+    population_sweep_epochs=4,
+    population_sweep_sizes=(16,),
+    population_sweep_rounds=2,
 )

@@ -311,7 +311,20 @@ def run(context: Context) -> SectionResult:
         "batch_sizes": " ".join(map(str, settings.contention_batch_sizes)),
         "autogroup": autogroup,
     }
+    record_rounds(result, frame)
     return result
+
+
+def record_rounds(result: SectionResult, frame: pd.DataFrame) -> None:
+    """Per (batch size, pipeline), every round: quiet seconds per trial and busy / quiet."""
+    for (batch_size, pipeline), group in frame.groupby(["batch_size", "pipeline"], sort=False):
+        by_round = group.pivot(index="round", columns="condition", values="train_seconds")
+        result.add_rounds(f"quiet trial, {pipeline}, bs {batch_size}", by_round["quiet"].tolist())
+        result.add_rounds(
+            f"slowdown with one core busy, {pipeline}, bs {batch_size}",
+            (by_round["busy"] / by_round["quiet"]).tolist(),
+            unit="×",
+        )
 
 
 def _others(summary: pd.DataFrame, batch_size: int) -> str:

@@ -78,6 +78,9 @@ class PopulationBenchConfig:
 
 
 QUICK = {"batch_sizes": (64, 1024), "members": (1, 8), "repeats": 1, "n_train": 5000}
+STANDARD = {"batch_sizes": (64, 256, 1024), "members": (1, 8), "repeats": 3}
+"""The suite's standard profile: both targets' batch sizes at K = 8, three passes to compare."""
+PRESETS = {"quick": QUICK, "standard": STANDARD, "full": {}}
 
 
 def member_configs(batch_size: int, count: int, threads: int) -> list[TrainConfig]:
@@ -89,9 +92,16 @@ def member_configs(batch_size: int, count: int, threads: int) -> list[TrainConfi
     ]
 
 
-def measure(config: PopulationBenchConfig, data: DataSplits) -> list[dict[str, float]]:
-    """Median steady epoch seconds of train() and of each population size, per batch size."""
-    times: dict[tuple[int, int], list[float]] = {}
+Times = dict[tuple[int, int], list[float]]
+"""Steady epoch seconds per pass, by (batch size, K); K = 0 is the separate train() run."""
+
+
+def measure(
+    config: PopulationBenchConfig, data: DataSplits
+) -> tuple[list[dict[str, float]], Times]:
+    """Median steady epoch seconds of train() and of each population size, per batch size, and
+    every pass's seconds."""
+    times: Times = {}
     for number in range(1, config.repeats + 1):
         for batch_size in config.batch_sizes:
             print(f"  pass {number}/{config.repeats}, batch {batch_size}", flush=True)
@@ -125,7 +135,22 @@ def measure(config: PopulationBenchConfig, data: DataSplits) -> list[dict[str, f
                     "reachable_ratio": count * alone / floors[(batch_size, count)],
                 }
             )
-    return rows
+    return rows, times
+
+
+def record_rounds(result: SectionResult, times: Times) -> None:
+    """Every pass: train()'s epoch and, per K, the population's per-model ratio of that pass."""
+    for (batch_size, count), seconds in times.items():
+        if count == 0:
+            result.add_rounds(f"train() steady epoch, bs {batch_size}, 1 model", seconds)
+            continue
+        alone = times[(batch_size, 0)]
+        result.add_rounds(
+            f"population / train() per model, K={count}, bs {batch_size}",
+            [count * a / t for a, t in zip(alone, seconds, strict=True)],
+            better="higher",
+            unit="×",
+        )
 
 
 def matmul_floor_seconds(batch_size: int, count: int, n_train: int, repeats: int = 20) -> float:
@@ -231,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             f"population vs train(): {config.n_train:,} examples, {config.threads} thread(s), "
             f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
         )
-        rows = measure(config, data)
+        rows, _ = measure(config, data)
         print_table(rows)
         ours, minimal = step_profile(data, repeats=2 if config.quick else 5)
     print(
@@ -244,12 +269,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(context: Context) -> SectionResult:
     """The same measurement as a section of `python -m benchmarks` (quick sizes in quick mode);
     MNIST-shaped synthetic data whatever the suite loaded, since timing ignores pixel values."""
-    config = PopulationBenchConfig()
-    if context.settings.population_quick:
-        config = PopulationBenchConfig(quick=True, **QUICK)
+    preset = context.settings.population_sizes
+    config = PopulationBenchConfig(quick=preset == "quick", **PRESETS[preset])
     data = make_synthetic_splits(n_train=config.n_train, n_val=1000, n_test=1000, seed=0)
     with torch_threads(config.threads):
-        rows = measure(config, data)
+        rows, times = measure(config, data)
         ours, minimal = step_profile(data, repeats=2 if config.quick else 5)
     result = SectionResult(key="population", title="Population vs separate train() runs")
     result.text.append(
@@ -273,6 +297,7 @@ def run(context: Context) -> SectionResult:
                 note=bound_note(worst, target),
             )
         )
+    record_rounds(result, times)
     result.metrics = {"step_us_bs16": ours, "minimal_step_us_bs16": minimal}
     result.headlines.append(
         ("batch-16 step, train() vs minimal", f"{ours:.1f} vs {minimal:.1f} µs")

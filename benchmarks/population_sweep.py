@@ -208,4 +208,24 @@ def run(context: Context) -> SectionResult:
             note=", ".join(f"--population {k}: {speedups[k]:.2f}×" for k in sizes),
         )
     )
+    record_rounds(result, walls, trials)
     return result
+
+
+def record_rounds(result: SectionResult, walls: pd.DataFrame, trials: int) -> None:
+    """Every run's wall seconds per mode, and per round (runs in order) single / population."""
+    result.add_rounds_by(
+        walls,
+        ["population"],
+        "wall_seconds",
+        f"sweep of {trials} trials, --population {{population}}",
+    )
+    single = walls[walls.population == 1].sort_values("repeat").wall_seconds.tolist()
+    for population, group in walls[walls.population != 1].groupby("population"):
+        together = group.sort_values("repeat").wall_seconds.tolist()
+        result.add_rounds(
+            f"sweep of {trials} trials, --population {population} vs 1, speed-up",
+            [a / b for a, b in zip(single, together, strict=False)],
+            better="higher",
+            unit="×",
+        )

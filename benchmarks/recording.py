@@ -3,7 +3,8 @@
 Experiment `benchmarks`. Each benchmark's child run (named after the section, nested under the
 suite's run via `mlflow.parentRunId`) gets the section's params, its figures as metrics, the
 environment as tags, and its CSVs and PNGs as artifacts. The parent run gets the checks as
-metrics and report.md (plus everything else in the results folder) as artifacts.
+metrics and report.md (plus everything else in the results folder: rounds.csv and
+environment.json are what `benchmarks.compare` reads back) as artifacts.
 
 MLflow is imported here only, lazily, so `--help` and flag errors stay instant.
 """
@@ -65,7 +66,7 @@ class BenchmarkRecorder:
     def close_suite(self, metrics: Mapping[str, float], folder: Path, status: str) -> None:
         self._log(self.suite_run_id, metrics=metrics)
         for path in sorted(folder.iterdir()):
-            if path.is_file() and path.suffix in (".md", ".csv", ".png"):
+            if path.is_file() and path.suffix in (".md", ".csv", ".png", ".json"):
                 self.client.log_artifact(self.suite_run_id, str(path))
         self.client.set_terminated(self.suite_run_id, status=status)
 

@@ -6,8 +6,9 @@ relative, so the folder can be moved or committed as a whole (benchmarks/report/
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,11 @@ import pandas as pd
 from benchmarks.common import SectionResult, Table
 
 REPORT_NAME = "report.md"
+ROUNDS_NAME = "rounds.csv"
+"""Every round of every figure, one row each: what `benchmarks.compare` reads."""
+ENVIRONMENT_NAME = "environment.json"
+"""The run's environment, profile, command, and each section's seconds and load average."""
+ROUNDS_COLUMNS = ("section", "figure", "kind", "better", "unit", "round", "value")
 
 
 def format_cell(value: object) -> str:
@@ -60,6 +66,24 @@ def write_tables(out: Path, result: SectionResult) -> list[Path]:
     return paths
 
 
+def write_rounds(out: Path, results: Sequence[SectionResult]) -> Path:
+    rows = [
+        (result.key, r.figure, r.kind, r.better, r.unit, number, value)
+        for result in results
+        for r in result.rounds
+        for number, value in enumerate(r.values, start=1)
+    ]
+    path = out / ROUNDS_NAME
+    pd.DataFrame(rows, columns=list(ROUNDS_COLUMNS)).to_csv(path, index=False)
+    return path
+
+
+def write_environment(out: Path, environment: Mapping[str, object]) -> Path:
+    path = out / ENVIRONMENT_NAME
+    path.write_text(json.dumps(environment, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def _table_block(table: Table) -> list[str]:
     lines = [f"**{table.title}** ([{table.name}.csv]({table.name}.csv))", ""]
     if table.show:
@@ -85,6 +109,11 @@ def write_report(
             "",
         ]
     lines += [f"- **{key}**: {value}" for key, value in header.items()]
+    lines.append(
+        f"- **Rounds**: every round of every figure in [{ROUNDS_NAME}]({ROUNDS_NAME}), the "
+        f"environment and each section's load in [{ENVIRONMENT_NAME}]({ENVIRONMENT_NAME}): what "
+        "`python -m benchmarks.compare` reads"
+    )
     lines += ["", "## Machine", "", "| key | value |", "|---|---|"]
     lines += [f"| {key} | {format_cell(value)} |" for key, value in environment.items()]
 

@@ -32,7 +32,7 @@ from benchmarks.common import (
 )
 from benchmarks.config import BenchConfig, Settings
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
-from benchmarks.report import write_report, write_tables
+from benchmarks.report import write_environment, write_report, write_rounds, write_tables
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
 from softmaxreg.data import DataError, DataSplits, load_splits
@@ -64,7 +64,8 @@ def epoch_cost(batch_size: int, n_train: int) -> float:
 
 
 def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int) -> float:
-    """A rough cost model of the run, to say up front how long it will take (unloaded machine)."""
+    """A rough cost model of the run, to say up front how long it will take on this project's
+    2-core CPU (per-unit costs, times the factor measured per section)."""
     s = settings
     scale = n_train / FULL_EPOCH_SAMPLES
     all_bs = sum(epoch_cost(bs, n_train) for bs in s.batch_sizes)
@@ -109,7 +110,7 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         * len(CONTENTION_PIPELINES)
         * max(s.contention_min_seconds, trial)
     )
-    cost["population"] = 8 if s.population_quick else 180
+    cost["population"] = {"quick": 8, "standard": 25, "full": 180}[s.population_sizes]
     # Each round runs both modes as processes: ~20 s of start-up each, then about 0.2 s per
     # epoch of a trial alone, a third of that in a population.
     epochs = s.population_sweep_epochs * s.population_sweep_trials
@@ -117,7 +118,26 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     cost["population_sweep"] = s.population_sweep_rounds * (
         20 * modes + 0.2 * epochs * (1 + len(s.population_sweep_sizes) / 3)
     )
-    return 15 + sum(cost[name] for name in sections)  # 15 s: imports and MLflow store set-up
+    return 15 + sum(cost[name] * MEASURED_FACTOR.get(name, 1.0) for name in sections)
+
+
+MEASURED_FACTOR = {
+    "tutorial_speed": 2.4,
+    "scaling": 1.7,
+    "time_to_accuracy": 1.8,
+    "tutorial_bug": 1.9,
+    "tracking_overhead": 1.8,
+    "sweep_throughput": 0.33,
+    "sweep_workers": 0.62,
+    "fashion_mnist": 2.0,
+    "accuracy_ceiling": 1.45,
+    "contention": 4.5,
+    "population": 0.5,
+    "population_sweep": 1.5,
+}
+"""Seconds measured / the model above, per section, in the full run of benchmarks/report (2 CPUs,
+load average 1-2.6): the model counts the per-unit costs, this corrects what it leaves out
+(start-up, evaluation, busy threads waiting). A new section without a factor counts as 1."""
 
 
 def parse_config(argv: list[str] | None) -> tuple[argparse.ArgumentParser, BenchConfig]:
@@ -216,6 +236,10 @@ def limit(data: DataSplits, settings: Settings) -> DataSplits:
     )
 
 
+def command_line(argv: list[str] | None) -> str:
+    return "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
 def section_runner(name: str) -> Callable[[Context], SectionResult]:
     return importlib.import_module(SECTION_MODULES[name]).run
 
@@ -267,8 +291,8 @@ def run_suite(
         estimate = estimate_seconds(config.sections, settings, n_train)
         progress.line(
             f"running {len(config.sections)} benchmark(s) on {device}"
-            f"{' (quick mode)' if config.quick else ''}: estimated ~{estimate / 60:.1f} min "
-            "on an idle 2-core CPU; results in "
+            f"{' (quick mode)' if config.is_quick else ''}: estimated ~{estimate / 60:.1f} min "
+            "on a 2-core CPU; results in "
             f"{out.resolve()}"
         )
         if load_start > (os.cpu_count() or 1):
@@ -281,7 +305,7 @@ def run_suite(
 
         recorder = BenchmarkRecorder(tracking_uri, artifact_location)
         env = environment(device)
-        suite_name = f"suite-{started:%Y%m%d-%H%M%S}" + ("-quick" if config.quick else "")
+        suite_name = f"suite-{started:%Y%m%d-%H%M%S}-{config.profile_name}"
         data_tags = {"mnist_checksum": mnist.checksum, "mnist_name": mnist.name}
         if isinstance(fashion, DataSplits):
             data_tags |= {"fashion_checksum": fashion.checksum, "fashion_name": fashion.name}
@@ -289,7 +313,8 @@ def run_suite(
             suite_name,
             tags={**env, **data_tags, "benchmark": "suite"},
             params={
-                "quick": str(config.quick),
+                "quick": str(config.is_quick),
+                "profile": config.profile_name,
                 "synthetic": str(config.synthetic),
                 "sections": " ".join(config.sections),
                 "device": str(device),
@@ -308,6 +333,19 @@ def run_suite(
             store_dir=scratch,
         )
         results: list[SectionResult] = []
+        record = {
+            **env,
+            "profile": config.profile_name,
+            "command": command_line(argv),
+            "started": started.isoformat(),
+            "cpu_count": os.cpu_count(),
+            # What this process may run on (taskset, cgroups): fewer than cpu_count slows it.
+            "usable_cpus": len(os.sched_getaffinity(0)),
+            "load_average_start": load_start,
+            "suite_run_id": suite_run,
+            "tracking_uri": tracking_uri,
+            "sections": {},
+        }
         skipped: list[tuple[str, str]] = []
         failed = False
         for number, name in enumerate(config.sections, start=1):
@@ -333,6 +371,14 @@ def run_suite(
                 "load_average_start": result.load[0],
                 "load_average_end": result.load[1],
             }
+            record["sections"][name] = {
+                "seconds": result.seconds,
+                "load_average_start": result.load[0],
+                "load_average_end": result.load[1],
+            }
+            # Written after every section, so that an interrupted run can still be compared.
+            write_rounds(out, [*results, result])
+            write_environment(out, record)
             files = write_tables(out, result) + [out / name for name, _ in result.plots]
             result.run_id = recorder.record_section(result, files, tags={**env, **data_tags})
             results.append(result)
@@ -343,7 +389,7 @@ def run_suite(
         load_end = os.getloadavg()[0]
         header = {
             "Date": f"{started:%Y-%m-%d %H:%M} UTC",
-            "Command": "python -m benchmarks " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "Command": command_line(argv),
             "Wall time": f"{wall:.0f} s ({wall / 60:.1f} min; estimated up front "
             f"~{estimate / 60:.1f} min)",
             "Machine load": f"1-minute load average {load_start:.2f} at the start, "
@@ -360,8 +406,10 @@ def run_suite(
             "(one child run per section)",
         }
         report = write_report(
-            out, results, header=header, environment=env, skipped=skipped, quick=config.quick
+            out, results, header=header, environment=env, skipped=skipped, quick=config.is_quick
         )
+        write_rounds(out, results)
+        write_environment(out, record | {"load_average_end": load_end, "wall_seconds": wall})
         metrics = {"wall_seconds": wall}
         for result in results:
             metrics |= {f"{result.key}.{k}": v for k, v in result.metrics.items()}

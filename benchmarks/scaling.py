@@ -204,6 +204,7 @@ def run(context: Context) -> SectionResult:
         Table("scaling_full", "All columns (quartiles, warm-up epoch)", frame, show=False),
         Table("scaling_floor", "Matmul floor", floor_frame),
     ]
+    record_rounds(result, steady, floor_median)
     result.plots += plot(frame, floor_frame, context)
     result.params = {
         "batch_sizes": " ".join(map(str, settings.batch_sizes)),
@@ -213,6 +214,28 @@ def run(context: Context) -> SectionResult:
         "lr": str(LR),
     }
     return result
+
+
+def record_rounds(
+    result: SectionResult,
+    steady: dict[tuple[str, int, int], list[float]],
+    floor_median: dict[tuple[str, int], float],
+) -> None:
+    """Every timed epoch per configuration, and per timed epoch (in order) the worst epoch /
+    floor over batch sizes >= LARGE_BATCH: the check's figure, round by round."""
+    worst: dict[tuple[str, int], list[list[float]]] = {}
+    for (device, threads, batch_size), times in steady.items():
+        result.add_rounds(f"steady epoch, {device}, {threads} thread(s), bs {batch_size}", times)
+        if batch_size >= LARGE_BATCH:
+            ratios = [t / floor_median[(device, threads)] for t in times]
+            worst.setdefault((device, threads), []).append(ratios)
+    for (device, threads), per_batch in worst.items():
+        result.add_rounds(
+            f"steady epoch / matmul floor, worst at bs >= {LARGE_BATCH}, {device}, "
+            f"{threads} thread(s)",
+            [max(values) for values in zip(*per_batch, strict=False)],
+            unit="×",
+        )
 
 
 def plot(frame: pd.DataFrame, floors: pd.DataFrame, context: Context) -> list[tuple[str, str]]:

@@ -104,4 +104,11 @@ def run(context: Context) -> SectionResult:
             f"({outcome.new_trials} trials, {int(counts.get('PRUNED', 0))} pruned)",
         )
     )
+    trials = outcome.trials[outcome.trials.state == "COMPLETE"]
+    result.add_rounds_by(
+        trials,
+        ["batch_size", "epochs"],
+        "trial_seconds",
+        "sweep trial, bs {batch_size}, {epochs} epochs",
+    )
     return result

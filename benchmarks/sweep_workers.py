@@ -109,4 +109,26 @@ def run(context: Context) -> SectionResult:
             f"{medians[2]['trials_per_minute']:.1f}), {epoch_ratio:.2f}× epochs/min",
         )
     )
+    record_rounds(result, frame)
     return result
+
+
+def record_rounds(result: SectionResult, frame: pd.DataFrame) -> None:
+    """Every run's trials per minute per worker count, and 2 / 1 workers pairing the runs in
+    order (1-2-2-1 pairs the first two and the last two)."""
+    result.add_rounds_by(
+        frame,
+        ["workers"],
+        "trials_per_minute",
+        "sweep, {workers} worker(s), trials/min",
+        better="higher",
+        unit="/min",
+    )
+    one = frame[frame.workers == 1].trials_per_minute.tolist()
+    two = frame[frame.workers == 2].trials_per_minute.tolist()
+    result.add_rounds(
+        "sweep, 2 workers / 1 worker, trials/min",
+        [b / a for a, b in zip(one, two, strict=False)],
+        better="higher",
+        unit="×",
+    )

@@ -267,6 +267,7 @@ def run_dataset(context: Context, data: DataSplits, key: str) -> SectionResult:
         Table(f"{key}_lr_sweep", "Learning-rate grid (validation split)", sweep, show=False),
         Table(f"{key}_seeds", "Every time-to-accuracy run", tta, show=False),
     ]
+    record_rounds(result, tta, targets, data.name)
     result.plots += plot(sweep, summary, targets, data.name, key, context)
     result.params = {
         "dataset": data.name,
@@ -278,6 +279,32 @@ def run_dataset(context: Context, data: DataSplits, key: str) -> SectionResult:
         "targets": " ".join(f"{t:g}" for t in targets),
     }
     return result
+
+
+def record_rounds(
+    result: SectionResult, tta: pd.DataFrame, targets: tuple[float, ...], name: str
+) -> None:
+    """Per batch size and its chosen lr, every seed: steady epoch, seconds to each target (the
+    seeds that reached it) and best validation accuracy."""
+    label = name + ": {what}, bs {batch_size}, lr {lr}"
+    runs = tta[~tta.diverged.astype(bool)]
+    result.add_rounds_by(
+        runs, ["batch_size", "lr"], "steady_epoch_seconds", label.replace("{what}", "steady epoch")
+    )
+    for target in targets:
+        column = f"seconds_to_{target:g}"
+        reached = runs[runs[column].notna()]
+        what = f"seconds to {target:.0%} validation accuracy"
+        result.add_rounds_by(reached, ["batch_size", "lr"], column, label.replace("{what}", what))
+    result.add_rounds_by(
+        runs,
+        ["batch_size", "lr"],
+        "best_val_accuracy",
+        label.replace("{what}", "best validation accuracy"),
+        kind="accuracy",
+        better="higher",
+        unit="",
+    )
 
 
 def plot(

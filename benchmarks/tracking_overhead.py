@@ -167,4 +167,8 @@ def run(context: Context) -> SectionResult:
             f"{untracked_median:.2f} s), {wall_fraction:+.1%} by wall-time difference",
         )
     )
+    result.add_rounds_by(frame, ["mode"], "trial_seconds", "{mode} trial")
+    result.add_rounds(
+        "seconds inside MLflow calls per trial", frame[frame["mode"] == "tracked"].mlflow_seconds
+    )
     return result

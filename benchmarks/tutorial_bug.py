@@ -161,4 +161,14 @@ def run(context: Context) -> SectionResult:
     figure.savefig(context.out / name, dpi=110)
     plt.close(figure)
     result.plots.append((name, f"Test accuracy per epoch, mean ± std over {settings.seeds} seeds"))
+    last = frame[frame.epoch == frame.epoch.max()]
+    result.add_rounds_by(
+        last,
+        ["model"],
+        "test_accuracy",
+        "{model}: test accuracy after the last epoch",
+        kind="accuracy",
+        better="higher",
+        unit="",
+    )
     return result

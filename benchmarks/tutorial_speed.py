@@ -302,4 +302,23 @@ def run(context: Context) -> SectionResult:
         "lr": str(LR),
         "threads": " ".join(map(str, thread_counts())),
     }
+    record_rounds(result, frame)
     return result
+
+
+def record_rounds(result: SectionResult, frame: pd.DataFrame) -> None:
+    """Every round: each pipeline's epoch seconds, and tutorial / trainer of that round."""
+    result.add_rounds_by(
+        frame,
+        ["threads", "pipeline"],
+        "total_seconds",
+        "{pipeline} epoch, bs 100, {threads} thread(s)",
+    )
+    for threads, at in frame.groupby("threads", sort=False):
+        by_round = at.pivot(index="round", columns="pipeline", values="total_seconds")
+        result.add_rounds(
+            f"tutorial epoch / trainer epoch, bs 100, {threads} thread(s) (raw)",
+            (by_round["tutorial"] / by_round["trainer"]).tolist(),
+            better="higher",
+            unit="×",
+        )

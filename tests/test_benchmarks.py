@@ -7,6 +7,7 @@ that exist, every benchmark is an MLflow run, and bad input exits 2 before any w
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -16,11 +17,12 @@ import pytest
 import torch
 
 from benchmarks.common import Spread, all_threads
-from benchmarks.config import QUICK, SECTIONS
+from benchmarks.compare import main as main_compare
+from benchmarks.config import QUICK, SECTIONS, STANDARD
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.population import QUICK as POPULATION_QUICK
-from benchmarks.report import format_cell, markdown_table
-from benchmarks.runner import main
+from benchmarks.report import ROUNDS_COLUMNS, format_cell, markdown_table
+from benchmarks.runner import estimate_seconds, main
 from benchmarks.time_to_accuracy import best_lrs, median_with_misses
 from softmaxreg.config import LR_SCHEDULE_CHOICES
 
@@ -172,7 +174,43 @@ def test_quick_run_succeeds_and_writes_every_table(quick_run):
     code, out = quick_run
     assert code == 0
     written = {path.stem for path in out.glob("*.csv")}
-    assert written == {name for name, _, _ in EXPECTED_TABLES}
+    assert written == {name for name, _, _ in EXPECTED_TABLES} | {"rounds"}
+
+
+def test_every_measured_section_records_its_rounds_and_load(quick_run):
+    _, out = quick_run
+    rounds = read(out, "rounds")
+    assert list(rounds.columns) == list(ROUNDS_COLUMNS)
+    assert set(rounds.section) == set(MEASURED_ON_SYNTHETIC)
+    assert set(rounds.kind) == {"timed", "accuracy"} and set(rounds.better) == {"lower", "higher"}
+    assert rounds.value.notna().all() and (rounds["round"] >= 1).all()
+    # The scaling check's figure, one round per timed epoch (quick: 2 per pass, 1 pass).
+    worst = rounds[rounds.figure.str.startswith("steady epoch / matmul floor")]
+    assert len(worst) == THREADS * QUICK.scaling_passes * QUICK.scaling_epochs_per_pass
+    seeds = rounds[rounds.figure == "logits: test accuracy after the last epoch"]
+    assert len(seeds) == SEEDS and (seeds.kind == "accuracy").all()
+    environment = json.loads((out / "environment.json").read_text(encoding="utf-8"))
+    assert environment["profile"] == "quick" and environment["torch_version"]
+    assert list(environment["sections"]) == list(MEASURED_ON_SYNTHETIC)
+    for load in environment["sections"].values():
+        assert load["seconds"] > 0 and load["load_average_start"] >= 0
+
+
+def test_the_suite_run_compares_with_its_own_folder(quick_run, capsys):
+    """compare reads back what the suite logged to MLflow: the same rounds as the folder."""
+    from mlflow import MlflowClient
+
+    _, out = quick_run
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("benchmarks")
+    (suite,) = client.search_runs([experiment.experiment_id], "tags.benchmark = 'suite'")
+    assert main_compare([str(out), suite.info.run_id, "--tracking-uri", uri]) == 0
+    text = capsys.readouterr().out
+    assert not re.search(r"\*\*(slower|faster|better|worse)\*\*", text)
+    assert "⚠ **" not in text  # the same environment: no warning that timings compare machines
+    figures = len(read(out, "rounds").groupby(["section", "figure"]))
+    assert text.count("| unchanged |") + text.count("| no band |") == figures
 
 
 @pytest.mark.parametrize(
@@ -273,6 +311,8 @@ def test_every_benchmark_is_an_mlflow_run(quick_run):
         ["--device", "tpu"],
         ["--tracking-uri", "file:///tmp/mlruns"],
         ["--tracking-uri", "sqlite:///no/such/folder/mlflow.db"],
+        ["--profile", "full"],  # contradicts --quick
+        ["--profile", "medium"],
     ],
 )
 def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv):
@@ -283,6 +323,12 @@ def test_bad_input_exits_2_before_any_work(tmp_path, capsys, argv):
     assert "error:" in capsys.readouterr().err
     assert not (out / "report.md").exists()
     assert not list(out.glob("*.csv")) if out.exists() else True
+
+
+def test_the_standard_profile_is_estimated_under_12_minutes_and_keeps_three_rounds():
+    assert estimate_seconds(SECTIONS, STANDARD, 55000) <= 12 * 60
+    assert min(STANDARD.seeds, STANDARD.tutorial_rounds, STANDARD.scaling_passes) >= 3
+    assert STANDARD.contention_rounds >= 3 and STANDARD.tracking_repeats >= 3
 
 
 def test_spread_of_repeats():
