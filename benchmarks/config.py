@@ -30,6 +30,7 @@ SectionName = Literal[
     "contention",
     "population",
     "population_sweep",
+    "startup",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source
 ProfileName = Literal["quick", "standard", "full"]

@@ -52,6 +52,7 @@ SECTION_MODULES: dict[str, str] = {
     "contention": "benchmarks.contention",
     "population": "benchmarks.population",
     "population_sweep": "benchmarks.population_sweep",
+    "startup": "benchmarks.startup",
 }
 
 FULL_EPOCH_SAMPLES = 55000
@@ -118,6 +119,7 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     cost["population_sweep"] = s.population_sweep_rounds * (
         20 * modes + 0.2 * epochs * (1 + len(s.population_sweep_sizes) / 3)
     )
+    cost["startup"] = 4 * 12 + 3 * 15  # 4 one-trial sweeps and 3 bare imports; 1/2/4 workers
     return 15 + sum(cost[name] * MEASURED_FACTOR.get(name, 1.0) for name in sections)
 
 

@@ -113,8 +113,11 @@ class SweepConfig:
 
     workers: int = 1
     """Worker processes on this machine, all running trials of the same study through its
-    storage. Each gets max(1, cores // workers) torch threads (or --threads if given), so the
-    cores are not oversubscribed."""
+    storage. They are forked once imports and data are loaded, so each extra worker costs
+    little memory and no start-up (README: about 80 MB PSS each, measured). Each gets
+    max(1, cores // workers) torch threads (or --threads if given), so the cores are not
+    oversubscribed. 1 by default, kept until forked workers are measured against the
+    machine's two-process matmul ratio on a quiet machine (benchmarks.sweep_workers)."""
 
     worker_id: int = 0
     """Number of the first worker started by this command: it seeds that worker's sampler and is

@@ -1,20 +1,23 @@
-"""Ctrl-C, SIGTERM and SIGHUP stop a worker only where stopping loses nothing.
+"""Ctrl-C, SIGTERM and SIGHUP are requests: the handler records them, safe points act on them.
 
     install_signal_handlers()             # in the worker process, once
-    with GATE.interruptible():            # pure computation: a signal stops it at once
+    with GATE.interruptible():            # training: a signal stops it at its next epoch
         train(...)
     with GATE.deferred():                 # a write to a store: a signal waits until it is done
         trial.set_user_attr(...)
     GATE.hold(); ...; GATE.release()      # several writes that belong together (a population's
                                           # epoch): a signal waits for all of them
+    GATE.raise_pending()                  # a safe point: raise the request recorded, if any
 
-A signal raised in the middle of a database write can leave a transaction open and the SQLite
-file locked for every other worker (seen: "database is locked" after SIGTERM). So the handler
-raises at once only inside `interruptible()` (training, which touches no store); anywhere else
-it is held and raised when the current `deferred()` block ends, or at the next
-`raise_pending()` (after each epoch's record, after each trial's mirror). In practice a worker
-stops within one epoch. A second signal while one is held is raised at once: pressing Ctrl-C
-twice always stops.
+The handler never raises. An exception raised by a signal handler lands wherever the
+interpreter happens to be, a finalizer or a weakref callback included, where Python prints
+"Exception ignored in ..." and drops it: the worker then started a new trial as if nothing had
+happened. So the handler only records the request, and the worker raises it at safe points: at
+the end of every `deferred()` block and `release()` (the trainer's epoch callback, a trial's
+writes), on entering and leaving `interruptible()`, and at `raise_pending()` (before a trial
+starts, after each trial's mirror). A worker stops within one epoch, and no trial starts after
+a signal. Ctrl-C while a signal is recorded ends the process at once (pressing Ctrl-C twice
+always stops; the running trial is then left to the heartbeat and reconcile).
 
 SIGTERM and SIGHUP become `Terminated`, a KeyboardInterrupt, so Optuna marks the running trial
 FAIL and re-raises it; the exit status is 128 + the signal number (143, 129; 130 for Ctrl-C).
@@ -22,7 +25,9 @@ FAIL and re-raises it; the exit status is 128 + the signal number (143, 129; 130
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -47,19 +52,19 @@ def interruption_for(signum: int) -> KeyboardInterrupt:
 
 
 class InterruptGate:
-    """Where the process is, for the signal handler: in pure computation or not."""
+    """The signal recorded by the handler, raised at the next safe point."""
 
     def __init__(self) -> None:
-        self.computing = False
         self.pending: KeyboardInterrupt | None = None
-        self._before_hold: bool | None = None
 
     def on_signal(self, signum: int, _frame) -> None:
-        interruption = interruption_for(signum)
-        if self.computing or self.pending is not None:
-            self.pending = None
-            raise interruption
-        self.pending = interruption
+        if self.pending is None:
+            self.pending = interruption_for(signum)
+        elif signum == signal.SIGINT:  # Ctrl-C again: stop now, whatever is running
+            sys.stderr.write("\nCtrl-C again: stopping at once\n")
+            os._exit(SIGNAL_EXIT[signal.SIGINT])
+        # A repeated SIGTERM or SIGHUP (a supervisor's, the kernel's on the parent's death)
+        # asks for what is already asked: it stays one request.
 
     def raise_pending(self) -> None:
         if self.pending is not None:
@@ -68,33 +73,23 @@ class InterruptGate:
 
     @contextmanager
     def interruptible(self) -> Iterator[None]:
+        """Training: checked on entry and exit; inside, the trainer's epoch callbacks (each a
+        `deferred()` block or a `hold()`/`release()` pair) are the safe points."""
         self.raise_pending()
-        before, self.computing = self.computing, True
-        try:
-            yield
-        finally:
-            self.computing = before
+        yield
+        self.raise_pending()
 
     @contextmanager
     def deferred(self) -> Iterator[None]:
-        before, self.computing = self.computing, False
-        try:
-            yield
-        finally:
-            self.computing = before
+        yield
         self.raise_pending()
 
     def hold(self) -> None:
-        """Hold signals from now until `release()`, even inside `interruptible()`: a population
-        stores each member's epoch in turn, and a signal must not stop it between members."""
-        if self._before_hold is None:
-            self._before_hold = self.computing
-        self.computing = False
+        """A population stores each member's epoch in turn: a signal must not stop it between
+        members. Nothing to do since the handler never raises; kept as the pair's first half."""
 
     def release(self) -> None:
-        """Back to what `hold()` interrupted; raise a signal held meanwhile."""
-        if self._before_hold is not None:
-            self.computing, self._before_hold = self._before_hold, None
+        """Every member has stored the epoch: a safe point."""
         self.raise_pending()
 
 

@@ -18,7 +18,6 @@ import optuna
 import pandas as pd
 
 from experiments.config import Stores, SweepConfig
-from experiments.plots import write_study_plots
 from experiments.results import (
     best_per_batch_size_markdown,
     best_per_batch_size_text,
@@ -91,6 +90,8 @@ def write_study_artifacts(
     study: optuna.Study, trials: pd.DataFrame, best: pd.DataFrame, folder: Path
 ) -> list[str]:
     """The parent run's plots and tables in `folder`; returns notes on plots skipped."""
+    from experiments.plots import write_study_plots  # matplotlib: only at the end of a study
+
     _, notes = write_study_plots(study, folder)
     write_csv_atomically(trials, folder / "trials.csv")
     write_csv_atomically(best, folder / "best_per_batch_size.csv")

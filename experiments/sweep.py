@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import math
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, replace
+
+import torch
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
@@ -49,12 +52,10 @@ from experiments.study import (
     find_study,
 )
 from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
-from experiments.workers import (
-    run_workers,
-    threads_per_worker,
-)
+from experiments.workers import RunWorker, run_workers, threads_per_worker
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
+from softmaxreg.data import DataSplits
 from softmaxreg.device import DeviceUnavailableError, resolve_device
 
 
@@ -99,13 +100,13 @@ def check_before_start(
 
 
 def run_coordinator(
-    argv: Sequence[str], sweep: SweepConfig, threads: int, stores: Stores, name: str
+    run_worker: RunWorker, sweep: SweepConfig, threads: int, stores: Stores, name: str
 ) -> int:
-    """--workers N: run N workers, then reconcile and report on the whole study."""
+    """--workers N: fork N workers, then reconcile and report on the whole study."""
     started = time.perf_counter()
     began = datetime.datetime.now()
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
-    status, summaries = run_workers(argv, sweep, threads or threads_per_worker(sweep.workers))
+    status, summaries = run_workers(sweep, threads or threads_per_worker(sweep.workers), run_worker)
     print("\n".join(summaries))
     study = find_study(stores.optuna_url, name)
     if study is None:  # every worker failed before starting
@@ -135,21 +136,20 @@ def run_coordinator(
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser, sweep, train_config, data_config = parse_args(argv)
-    try:
-        device = resolve_device(train_config.device)
-        stores = check_before_start(sweep, train_config, data_config)
-    except ConfigError as error:  # settings that clash between the configs: name the flag
-        parser.error(with_flag_names(str(error), {f.name for f in fields(SweepConfig)}))
-    except (DeviceUnavailableError, StoreError, SweepError) as error:
-        parser.error(str(error))
-    data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
-    if sweep.workers > 1:
-        name = study_name_for(sweep, data_config)
-        return run_coordinator(argv, sweep, train_config.threads, stores, name)
+def run_one_worker(
+    parser: argparse.ArgumentParser,
+    train_config: TrainConfig,
+    data_config: DataConfig,
+    data: DataSplits,
+    stores: Stores,
+    sweep: SweepConfig,
+    threads: int = 0,
+) -> int:
+    """One worker on the study, then its report; the exit status. In this process (--workers
+    1) or in a worker forked by `run_workers` (with its own `sweep` and `threads`)."""
     install_signal_handlers()
+    if threads:
+        train_config = replace(train_config, threads=threads)
     try:
         outcome = run_sweep(sweep, train_config, data_config, data)
     except SweepError as error:
@@ -176,6 +176,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(format_report(outcome, sweep, stores))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, sweep, train_config, data_config = parse_args(argv)
+    try:
+        device = resolve_device(train_config.device)
+        stores = check_before_start(sweep, train_config, data_config)
+    except ConfigError as error:  # settings that clash between the configs: name the flag
+        parser.error(with_flag_names(str(error), {f.name for f in fields(SweepConfig)}))
+    except (DeviceUnavailableError, StoreError, SweepError) as error:
+        parser.error(str(error))
+    if sweep.workers > 1:
+        # Workers are forked from this process: torch's thread pool must not exist yet (a
+        # forked OpenMP pool hangs), and the data stays on the CPU until each worker moves it.
+        torch.set_num_threads(1)
+        device = torch.device("cpu")
+    data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
+    worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
+    if sweep.workers > 1:
+        name = study_name_for(sweep, data_config)
+        return run_coordinator(worker, sweep, train_config.threads, stores, name)
+    return worker(sweep)
 
 
 if __name__ == "__main__":

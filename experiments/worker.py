@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
+from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.objective import Objective
@@ -233,10 +234,12 @@ def run_sweep(
     )
     try:
         mirror.reconcile(study)
+        GATE.raise_pending()  # a signal during start-up: no trial starts
         trials_started = time.perf_counter()
         run_trials(study, objective, tracker, n_trials)
         # Wall time of the loop: members of a population overlap, so their durations do not add.
         trial_seconds = time.perf_counter() - trials_started
+        GATE.raise_pending()  # one that came during the last trial's mirror: the parent is KILLED
     except BaseException:
         progress.close()
         registry.stop()

@@ -2,11 +2,14 @@
 
     python -m experiments.sweep --workers 4        # this machine: 4 workers on one study
 
-A worker is the sweep command itself with `--workers 1`: `run_workers` starts N of them with
-the same flags, a distinct `--worker-id` each (distinct sampler seeds), a share of `--n-trials`
-and `--threads max(1, cores // N)`, then waits. Optuna's storage hands out the trials; nothing
-else coordinates them. Several machines run the same command against a shared PostgreSQL
-storage and MLflow server, each with its own `--worker-id` range.
+A worker runs the sweep command's own code as `--workers 1`: once the command has imported
+everything and loaded the data, `run_workers` forks N workers from it, each with a distinct
+worker id (distinct sampler seeds), a share of `--n-trials` and `max(1, cores // N)` torch
+threads (or --threads), then waits. Forked, a worker costs neither the imports nor the data
+load again (seconds, and hundreds of MB each): it shares the parent's pages, the data's
+memory-mapped cache included. Optuna's storage hands out the trials; nothing else coordinates
+them. Several machines run the same command against a shared PostgreSQL storage and MLflow
+server, each with its own `--worker-id` range.
 
 Liveness of whole workers (`WorkerRegistry`) lives in the study's system attributes: each worker
 beats there while it runs and marks itself ended when it stops. The last worker to end (no
@@ -16,27 +19,35 @@ beating and counts as dead after the grace period. Liveness of trials is Optuna'
 Signals: a worker handles them through `experiments.interrupts` (Ctrl-C, SIGTERM and SIGHUP
 store the running trial as FAIL with its reason, close its run, print one line and exit 130,
 143, 129). The coordinator passes SIGTERM and SIGHUP on to its workers (Ctrl-C reaches them
-directly, as they share its terminal).
+directly, as they share its terminal). A worker whose command died (even by kill -9) gets
+SIGTERM from the kernel (Linux `PR_SET_PDEATHSIG`) and stops the same way; a report it can no
+longer write to the closed pipe is dropped without a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import optuna
+import torch
 
 from experiments.config import GRACE_HEARTBEATS, SweepConfig
-from experiments.interrupts import SIGNAL_EXIT
+from experiments.interrupts import SIGNAL_EXIT, install_signal_handlers
 
 REGISTRY_PREFIX = "softmaxreg.worker."
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class WorkerRegistry:
@@ -95,71 +106,146 @@ def live_workers(study: optuna.Study, exclude: str = "") -> list[dict]:
     ]
 
 
-def worker_command(argv: Sequence[str], sweep: SweepConfig, index: int, threads: int) -> list:
-    """The same command, as worker `index` of this machine (later flags win in argparse)."""
-    return [
-        sys.executable,
-        "-m",
-        "experiments.sweep",
-        *argv,
-        "--workers",
-        "1",
-        "--worker-id",
-        str(sweep.worker_id + index),
-        "--n-trials",
-        str(sweep.trials_for_worker(index)),
-        "--threads",
-        str(threads),
-        "--quiet",
-    ]
-
-
 def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-class _Forwarder:
-    """Passes SIGTERM and SIGHUP on to the worker processes and remembers the first one."""
+RunWorker = Callable[[SweepConfig, int], int]
+"""What a forked worker runs: (its SweepConfig, its torch threads) -> exit status."""
 
-    def __init__(self, processes: list[subprocess.Popen]) -> None:
-        self.processes = processes
+
+@dataclass
+class WorkerProcess:
+    """A forked worker: its index on this machine, pid, and the pipe its stdout goes to."""
+
+    index: int
+    pid: int
+    output: int
+    chunks: list[bytes] = field(default_factory=list)
+
+    def read_to_end(self) -> None:
+        """Read the worker's stdout until it exits; resumable after a KeyboardInterrupt."""
+        while chunk := os.read(self.output, 1 << 16):
+            self.chunks.append(chunk)
+        os.close(self.output)
+
+    def wait(self) -> int:
+        """Exit status as a shell shows it: a worker killed by signal N reports 128 + N."""
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        return 128 - code if code < 0 else code
+
+    def summary(self) -> str:
+        lines = b"".join(self.chunks).decode(errors="replace").splitlines()
+        own = [line for line in lines if line.startswith("this run:")]
+        return own[0] if own else "no report"
+
+
+def stop_with_parent() -> None:
+    """Linux: have the kernel send this process SIGTERM when its parent dies, kill -9 included,
+    so no worker goes on running trials for a command that is gone."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def fork_worker(
+    sweep: SweepConfig, index: int, threads: int, run_worker: RunWorker
+) -> WorkerProcess:
+    """Fork worker `index` from this loaded process: it shares the imports and the data's
+    pages, and starts at once. The caller must have no other thread running and must not have
+    used torch's thread pool (a forked OpenMP pool hangs the child)."""
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    sys.stdout.flush()  # or the child would print the parent's buffered output again
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        os._exit(worker_main(sweep, index, threads, run_worker, write_end, parent))
+    os.close(write_end)
+    return WorkerProcess(index, pid, read_end)
+
+
+def worker_main(
+    sweep: SweepConfig, index: int, threads: int, run_worker: RunWorker, stdout: int, parent: int
+) -> int:
+    """In the forked child: this worker's own id, seed, share of --n-trials and threads."""
+    code = 1
+    try:
+        install_signal_handlers()  # first: the parent's death signal is then a clean stop
+        stop_with_parent()
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.dup2(stdout, 1)
+        os.close(stdout)
+        torch.set_num_threads(threads)
+        mine = replace(
+            sweep,
+            workers=1,
+            worker_id=sweep.worker_id + index,
+            n_trials=sweep.trials_for_worker(index),
+            quiet=True,
+        )
+        code = run_worker(mine, threads)
+    except SystemExit as stop:  # argparse's error() and the like
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BrokenPipeError:
+        pass  # the command that reads our report is gone: nothing to tell, no traceback
+    except BaseException:
+        traceback.print_exc()
+    flush_quietly()
+    return code
+
+
+def flush_quietly() -> None:
+    """Flush stdout and stderr before os._exit; a closed pipe is not an error worth a trace."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
+class _Forwarder:
+    """Passes SIGTERM and SIGHUP on to the workers and remembers the first signal."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
         self.received: signal.Signals | None = None
 
     def __call__(self, signum: int, _frame) -> None:
         self.received = self.received or signal.Signals(signum)
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signum)
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+                os.kill(worker.pid, signum)
 
 
-def run_workers(argv: Sequence[str], sweep: SweepConfig, threads: int) -> tuple[int, list[str]]:
-    """Start the workers, wait for all of them; return (exit status, each worker's summary)."""
+def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tuple[int, list[str]]:
+    """Fork the workers, wait for all of them; return (exit status, each worker's summary)."""
+    gc.collect()  # close engines of stores checked before the fork, here rather than in a child
     indices = [i for i in range(sweep.workers) if sweep.trials_for_worker(i) > 0]
-    processes = [
-        subprocess.Popen(
-            worker_command(argv, sweep, index, threads), stdout=subprocess.PIPE, text=True
-        )
-        for index in indices
-    ]
-    forwarder = _Forwarder(processes)
+    workers: list[WorkerProcess] = []
+    forwarder = _Forwarder(workers)
     previous = {s: signal.signal(s, forwarder) for s in (signal.SIGTERM, signal.SIGHUP)}
-    summaries = []
     try:
-        while True:
-            try:
-                outputs = [process.communicate()[0] for process in processes]
-                break
-            except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait for them to stop
-                forwarder.received = forwarder.received or signal.SIGINT
+        for index in indices:
+            workers.append(fork_worker(sweep, index, threads, run_worker))
+        for worker in workers:
+            while True:
+                try:
+                    worker.read_to_end()
+                    break
+                except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait for them
+                    forwarder.received = forwarder.received or signal.SIGINT
+        codes = [worker.wait() for worker in workers]
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    # A worker killed by a signal reports -N; a shell would say 128 + N (kill -9: 137).
-    codes = [128 - p.returncode if p.returncode < 0 else p.returncode for p in processes]
-    for index, code, output in zip(indices, codes, outputs, strict=True):
-        own = [line for line in (output or "").splitlines() if line.startswith("this run:")]
-        summary = own[0] if own else "no report"
-        summaries.append(f"worker {sweep.worker_id + index} (exit {code}): {summary}")
+    summaries = [
+        f"worker {sweep.worker_id + w.index} (exit {code}): {w.summary()}"
+        for w, code in zip(workers, codes, strict=True)
+    ]
     if forwarder.received is not None:
         return SIGNAL_EXIT[forwarder.received], summaries
     return max((c for c in codes if c), default=0), summaries

@@ -1,4 +1,4 @@
-"""MNIST-family data: fetched, verified, loaded through torchvision, held whole on the device.
+"""MNIST-family data: fetched, verified, decoded once into a shared cache, held whole on the device.
 
     from softmaxreg.data import load_splits
     splits = load_splits("mnist", root="./data", device=torch.device("cpu"))
@@ -13,7 +13,10 @@ Every file is checked (IDX header, size, MD5) before it is used. A file that is 
 is never overwritten: the error names it and says what was expected, so nothing is lost.
 
 Training never touches a `DataLoader` or PIL: the whole split is one normalised float tensor on
-the device, and batches are slices of it.
+the device, and batches are slices of it. The verified, normalised splits are kept in a
+memory-mapped cache (`softmaxreg.data_cache`) checked against the raw files' size, mtime and
+inode, so a later run neither re-hashes nor re-decodes them, and worker processes share its
+pages. torchvision is imported only to download.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
+
+from softmaxreg.data_cache import SplitCache, file_stamp
 
 DATA_ENV_VAR = "SOFTMAXREG_DATA"
 DEFAULT_DATA_ROOT = "./data"
@@ -63,7 +67,8 @@ class DatasetSpec:
     """What a dataset is, where torchvision keeps it, and how to verify and normalise it."""
 
     name: str
-    torchvision_class: type[torchvision.datasets.MNIST]
+    torchvision_name: str
+    """Class in `torchvision.datasets` (and folder name); torchvision is imported to download."""
     mean: float
     std: float
     raw_md5: dict[str, str] | None = None
@@ -74,7 +79,13 @@ class DatasetSpec:
 
     @property
     def folder(self) -> str:
-        return self.torchvision_class.__name__
+        return self.torchvision_name
+
+    @property
+    def torchvision_class(self) -> type:
+        import torchvision  # seconds of import (torch._dynamo through torchvision.ops)
+
+        return getattr(torchvision.datasets, self.torchvision_name)
 
     def raw_dir(self, root: Path) -> Path:
         return Path(root) / self.folder / "raw"
@@ -83,7 +94,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         name="mnist",
-        torchvision_class=torchvision.datasets.MNIST,
+        torchvision_name="MNIST",
         mean=0.1307,
         std=0.3081,
         raw_md5={
@@ -96,7 +107,7 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "fashion_mnist": DatasetSpec(
         name="fashion_mnist",
-        torchvision_class=torchvision.datasets.FashionMNIST,
+        torchvision_name="FashionMNIST",
         mean=0.2860,
         std=0.3530,
         raw_md5={
@@ -110,7 +121,7 @@ DATASETS: dict[str, DatasetSpec] = {
     # files is published, so local copies are checked for structure (header, sizes, labels) only.
     "kmnist": DatasetSpec(
         name="kmnist",
-        torchvision_class=torchvision.datasets.KMNIST,
+        torchvision_name="KMNIST",
         mean=0.1918,
         std=0.3483,
     ),
@@ -450,26 +461,93 @@ def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return ((images.reshape(images.shape[0], -1).float() / 255.0) - mean) / std
 
 
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of a seeded random train/validation split of `n` examples."""
-    if not 0 < val_size < n:
-        raise DataError(f"val_size={val_size} must be between 1 and {n - 1} (the split has {n})")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[val_size:], order[:val_size]
+def read_idx(path: Path, *, images: bool) -> torch.Tensor:
+    """A verified IDX file as a tensor: uint8 (N, 28, 28) images or int64 (N,) labels."""
+    array = np.fromfile(path, dtype=np.uint8, offset=16 if images else 8)
+    tensor = torch.from_numpy(array)
+    return tensor.reshape(-1, 28, 28) if images else tensor.long()
 
 
-def _raw_files_only(
-    dataset_class: type[torchvision.datasets.MNIST],
-) -> type[torchvision.datasets.MNIST]:
-    """`dataset_class`, reading the raw IDX files even where a legacy cache exists.
-
-    torchvision before 0.9 cached MNIST as `<Class>/processed/{training,test}.pt`, and the class
-    still loads those instead of the raw files whenever both exist: unverified data, trained on
-    under the checksum of the verified raw files. Same class name, so the folders are the same.
-    """
-    return type(
-        dataset_class.__name__, (dataset_class,), {"_check_legacy_exist": lambda self: False}
+def decode_verified(spec: DatasetSpec, raw_dir: Path, order: torch.Tensor) -> dict:
+    """The cache's tensors from verified raw files: training rows permuted by `order`."""
+    train_images, train_labels, test_images, test_labels = (
+        read_idx(raw_dir / name, images="images" in name) for name in RAW_FILES
     )
+    for labels, name in ((train_labels, RAW_FILES[1]), (test_labels, RAW_FILES[3])):
+        if labels.numel() and int(labels.max()) > 9:
+            raise DataError(
+                f"{raw_dir / name}: label {int(labels.max())} found; expected classes 0-9"
+            )
+    return {
+        "train_x": normalise(train_images, spec.mean, spec.std)[order],
+        "train_y": train_labels[order],
+        "test_x": normalise(test_images, spec.mean, spec.std),
+        "test_y": test_labels,
+    }
+
+
+def matches_raw(tensors: dict, spec: DatasetSpec, raw_dir: Path, order: torch.Tensor) -> bool:
+    """Do the cached tensors hold what the raw files decode to? Every label and a sample of 16
+    images per split are compared, so a cache of other bytes is never used."""
+    if not torch.equal(tensors["test_y"], read_idx(raw_dir / RAW_FILES[3], images=False)):
+        return False
+    if not torch.equal(tensors["train_y"], read_idx(raw_dir / RAW_FILES[1], images=False)[order]):
+        return False
+    sample = torch.Generator().manual_seed(len(order))
+    for name, rows, index in (
+        ("train", tensors["train_x"], order),
+        ("test", tensors["test_x"], None),
+    ):
+        picks = torch.randint(len(rows), (16,), generator=sample)
+        source = picks if index is None else index[picks]
+        with (raw_dir / RAW_FILES[0 if name == "train" else 2]).open("rb") as handle:
+            images = []
+            for position in source.tolist():
+                handle.seek(16 + position * 784)
+                images.append(np.frombuffer(handle.read(784), dtype=np.uint8))
+        fresh = normalise(torch.from_numpy(np.stack(images)), spec.mean, spec.std)
+        if not torch.equal(rows[picks], fresh):
+            return False
+    return True
+
+
+def cached_splits(
+    spec: DatasetSpec, root: Path, split_seed: int, sources: tuple[str, ...], log
+) -> tuple[dict, str, Path]:
+    """(tensors, checksum, raw_dir): from the cache if it matches the raw files, else verified,
+    decoded and cached afresh."""
+    raw_dir = spec.raw_dir(resolve_data_root(root))
+    key = {
+        "dataset": spec.name, "raw_md5": spec.raw_md5, "mean": spec.mean, "std": spec.std,
+        "counts": [spec.train_count, spec.test_count],
+    }  # fmt: skip
+    cache = SplitCache.for_raw_dir(raw_dir, key, split_seed)
+    raw_files = {name: raw_dir / name for name in RAW_FILES}
+    found = cache.load(raw_files) if all(p.is_file() for p in raw_files.values()) else None
+    if found is not None:
+        tensors, checksum = found
+        order = split_order(len(tensors["train_y"]), split_seed)
+        if matches_raw(tensors, spec, raw_dir, order):
+            return tensors, checksum, raw_dir
+        cache.reason = "its contents differ from the raw files"
+    raw_dir, checksum = ensure_raw_files(spec, root, sources=sources, log=log)
+    stamps = {name: file_stamp(path) for name, path in raw_files.items()}
+    order = split_order(spec_count(raw_dir), split_seed)
+    tensors = decode_verified(spec, raw_dir, order)
+    if log is not None and cache.reason != "none yet":
+        log(f"note: data cache {cache.path} rebuilt: {cache.reason}")
+    return cache.store(tensors, stamps, checksum, log), checksum, raw_dir
+
+
+def spec_count(raw_dir: Path) -> int:
+    """Training examples in a verified folder (from its labels file's header)."""
+    with (raw_dir / RAW_FILES[1]).open("rb") as handle:
+        return struct.unpack(">II", handle.read(8))[1]
+
+
+def split_order(n: int, seed: int) -> torch.Tensor:
+    """The seeded permutation of the training file: its first val_size rows are validation."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
 
 
 def load_splits(
@@ -482,31 +560,23 @@ def load_splits(
     sources: tuple[str, ...] = tuple(SOURCES),
     log: Callable[[str], None] | None = None,
 ) -> DataSplits:
-    """Fetch and verify if needed, read through torchvision, split, normalise, move to `device`."""
+    """Fetch and verify if needed (or take the cache that matches), split, move to `device`.
+
+    On the CPU the tensors are views of the memory-mapped cache: no copy, shared pages."""
     spec = DATASETS[spec] if isinstance(spec, str) else spec
-    raw_dir, checksum = ensure_raw_files(spec, root, sources=sources, log=log)
-    dataset_root = str(raw_dir.parent.parent)
-    dataset_class = _raw_files_only(spec.torchvision_class)
-    train = dataset_class(dataset_root, train=True, download=False)
-    test = dataset_class(dataset_root, train=False, download=False)
-    for split, prefix in ((train, "train"), (test, "t10k")):
-        if split.targets.numel() and int(split.targets.max()) > 9:
-            raise DataError(
-                f"{raw_dir / f'{prefix}-labels-idx1-ubyte'}: label {int(split.targets.max())} "
-                "found; expected classes 0-9"
-            )
-    train_idx, val_idx = split_train_val(len(train.targets), val_size, split_seed)
-    train_x = normalise(train.data, spec.mean, spec.std)
-    test_x = normalise(test.data, spec.mean, spec.std)
+    tensors, checksum, raw_dir = cached_splits(spec, root, split_seed, sources, log)
+    n = len(tensors["train_y"])
+    if not 0 < val_size < n:
+        raise DataError(f"val_size={val_size} must be between 1 and {n - 1} (the split has {n})")
     device = torch.device(device)
     return DataSplits(
         name=spec.name,
-        train_x=train_x[train_idx].to(device),
-        train_y=train.targets[train_idx].to(device),
-        val_x=train_x[val_idx].to(device),
-        val_y=train.targets[val_idx].to(device),
-        test_x=test_x.to(device),
-        test_y=test.targets.to(device),
+        train_x=tensors["train_x"][val_size:].to(device),
+        train_y=tensors["train_y"][val_size:].to(device),
+        val_x=tensors["train_x"][:val_size].to(device),
+        val_y=tensors["train_y"][:val_size].to(device),
+        test_x=tensors["test_x"].to(device),
+        test_y=tensors["test_y"].to(device),
         checksum=checksum,
         mean=spec.mean,
         std=spec.std,

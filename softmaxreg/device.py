@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import torch
@@ -160,8 +161,6 @@ def git_commit(path: str | None = None) -> str:
 
 def environment(device: torch.device) -> dict[str, str]:
     """Facts a reader needs to trust or reproduce a timing: recorded with every result."""
-    import torchvision
-
     return {
         "device": str(device),
         "device_name": device_name(device),
@@ -169,7 +168,7 @@ def environment(device: torch.device) -> dict[str, str]:
         "cpu_count": str(os.cpu_count()),
         "torch_threads": str(torch.get_num_threads()),
         "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
+        "torchvision_version": installed_version("torchvision"),
         "cuda_version": str(torch.version.cuda),
         "python_version": platform.python_version(),
         "platform": platform.platform(),

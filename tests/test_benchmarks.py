@@ -35,7 +35,7 @@ CEILING_POINTS = (
     * len(QUICK.ceiling_weight_decays)
 )
 # Sweeps as processes load MNIST through the verified CLI.
-NEEDS_REAL_MNIST = ("sweep_workers", "population_sweep")
+NEEDS_REAL_MNIST = ("sweep_workers", "population_sweep", "startup")
 MEASURED_ON_SYNTHETIC = tuple(name for name in SECTIONS if name not in NEEDS_REAL_MNIST)
 N_BS = len(QUICK.batch_sizes)
 THREADS = len({1, all_threads()})
@@ -515,3 +515,8 @@ def test_sweeps_as_processes_on_real_mnist(real_mnist_root, tmp_path):
     assert summary.speedup.iloc[0] == 1.0
     workers = read(out, "sweep_workers")
     assert list(workers.workers) == [1, 2] and (workers.trials_per_minute > 0).all()
+    startup = read(out, "startup")
+    assert len(startup) == 1 and (startup.fixed_s > 0).all() and (startup.bare_imports_s > 0).all()
+    memory = read(out, "startup_memory")
+    assert list(memory.workers) == [1, 2] and list(memory.processes) == [1, 3]
+    assert (memory.rss_mb >= memory.pss_mb).all() and (memory.pss_mb > 0).all()
