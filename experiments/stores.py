@@ -6,8 +6,9 @@
 Both stores are checked *before* anything is created, and the checks create nothing themselves:
 
 - a SQLite URL must name a file (not `:memory:`, which would lose every result at exit) in a
-  folder that exists and is writable; if the file exists it must be a SQLite database. The file
-  itself is created later, by Optuna or MLflow, only once the sweep really starts;
+  folder that exists and is writable; if the file exists it must be a sound SQLite database
+  (and MLflow's a complete schema: `experiments.store_files`). The file itself is created
+  later, whole or not at all, only once the sweep really starts;
 - any other SQL URL (PostgreSQL, MySQL, ...) must accept a connection within
   `CONNECT_TIMEOUT_SECONDS`, through a driver that is installed;
 - an MLflow tracking server (`http://`, `https://`) must answer its `/health` endpoint.
@@ -170,6 +171,11 @@ def _check_sqlite(path: Path, flag: str, url: str) -> None:
             header = handle.read(len(SQLITE_MAGIC))
         if header and header != SQLITE_MAGIC:
             raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a SQLite database")
+        if header:
+            # Imported here: store_files builds on this module.
+            from experiments.store_files import check_sqlite_integrity
+
+            check_sqlite_integrity(path.resolve(), f"{flag} {url}")
 
 
 def _connect_args(url: URL) -> dict[str, object]:
@@ -227,6 +233,11 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
             ) from error
         return
     check_sql_url(uri, flag)
+    path = sqlite_file(uri)
+    if path is not None and path.exists() and path.stat().st_size > 0:
+        from experiments.store_files import check_mlflow_schema
+
+        check_mlflow_schema(path.resolve(), f"{flag} {uri}")
 
 
 def absolute_sqlite_url(url: str) -> str:
