@@ -155,15 +155,17 @@ def store_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
-def _check_sqlite(path: Path, flag: str, url: str) -> None:
+def _check_sqlite(path: Path, flag: str, url: str, writable: bool = True) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise StoreError(
             f"{flag} {url}: folder {folder.resolve()} does not exist (create it first, or "
             "point the URL at an existing folder)"
         )
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if writable and not folder_writable(folder):
         raise StoreError(f"{flag} {url}: folder {folder.resolve()} is not writable")
+    if not writable and not path.exists():
+        raise StoreError(f"{flag} {url}: no such database file {path.resolve()}")
     if path.exists():
         if not path.is_file():
             raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a file")
@@ -185,11 +187,14 @@ def _connect_args(url: URL) -> dict[str, object]:
     return {}
 
 
-def check_sql_url(url: str, flag: str) -> None:
-    """Raise `StoreError` unless the database behind `url` can be used (creates nothing)."""
+def check_sql_url(url: str, flag: str, writable: bool = True) -> None:
+    """Raise `StoreError` unless the database behind `url` can be used (creates nothing).
+
+    `writable=False` (export: reads only) accepts an existing SQLite file in a read-only
+    folder."""
     path = sqlite_file(url)
     if path is not None:
-        _check_sqlite(path, flag, url)
+        _check_sqlite(path, flag, url, writable)
         return
     parsed = make_url(normalise_sql_url(url))
     shown = display_url(url)
@@ -214,11 +219,19 @@ def check_sql_url(url: str, flag: str) -> None:
         engine.dispose()
 
 
-def check_optuna_storage(url: str, flag: str = "--storage") -> None:
-    check_sql_url(url, flag)
+def folder_writable(folder: Path) -> bool:
+    """Whether files can be created in `folder`: its permissions and its mount (root passes
+    every permission check, but not a read-only mount)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    return not os.statvfs(folder).f_flag & os.ST_RDONLY
 
 
-def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
+def check_optuna_storage(url: str, flag: str = "--storage", writable: bool = True) -> None:
+    check_sql_url(url, flag, writable)
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri", writable: bool = True) -> None:
     """Raise `StoreError` unless MLflow can track to `uri` (a database or a live server)."""
     if is_server_uri(uri):
         health = uri.rstrip("/") + "/health"
@@ -232,7 +245,7 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
                 "`mlflow server --backend-store-uri sqlite:///mlflow.db`"
             ) from error
         return
-    check_sql_url(uri, flag)
+    check_sql_url(uri, flag, writable)
     path = sqlite_file(uri)
     if path is not None and path.exists() and path.stat().st_size > 0:
         from experiments.store_files import check_mlflow_schema

@@ -76,8 +76,11 @@ def _begin_immediate(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then read, then write
 
 
-def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on."""
+def open_storage(
+    url: str, sweep: SweepConfig | None = None, read_only: bool = False
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on.
+    `read_only` (export) takes no write lock, so a file in a read-only folder can be read."""
     engine_kwargs = {}
     if sqlite_file(url) is not None:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
@@ -92,7 +95,7 @@ def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.
                 "heartbeat_stale_trial_callback": retry if sweep.retries else None,
             }
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
-    if sqlite_file(url) is not None:
+    if sqlite_file(url) is not None and not read_only:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # so every later connection gets the pragmas

@@ -3,6 +3,7 @@ whole or not at all (on a real full disk: a small tmpfs mounted here)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -103,3 +104,32 @@ def test_a_store_cut_off_by_a_full_disk_leaves_nothing_and_the_retry_builds_it(s
     create_stores_or_exit(optuna_url, tracking_uri)  # space freed: the same call goes on
     check_mlflow_schema(small_disk / "mlflow.db", "--tracking-uri")  # complete, at MLflow's head
     assert sorted(p.name for p in small_disk.iterdir()) == ["mlflow.db", "optuna.db"]
+
+
+def test_export_reads_stores_in_a_read_only_folder(stores, synthetic_splits, tmp_path, capsys):
+    run_sweep(sweep_config(stores, n_trials=1), TrainConfig(epochs=1, device="cpu"),
+              DataConfig(), synthetic_splits, log=lambda _: None)  # fmt: skip
+    read_only, out = tmp_path.parent / f"{tmp_path.name}-ro", tmp_path.parent / "out.csv"
+    read_only.mkdir()
+    done = subprocess.run(["mount", "--bind", "-o", "ro", str(tmp_path), str(read_only)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot bind-mount a read-only folder here: {done.stderr.strip()}")
+    try:
+        os.chdir(read_only)  # the working folder is read-only too
+        before = {p.name: p.read_bytes() for p in read_only.iterdir() if p.is_file()}
+        argv = ["--study-name", "test-study", "--storage", f"sqlite:///{read_only}/optuna.db",
+                "--tracking-uri", f"sqlite:///{read_only}/mlflow.db",
+                "--out", str(out)]  # fmt: skip
+        assert _exit_code(export_main, argv) == 0, capsys.readouterr().err
+        assert len(out.read_text().splitlines()) == 2  # the header and the one trial
+        after = {p.name: p.read_bytes() for p in read_only.iterdir() if p.is_file()}
+        assert after == before
+        # The sweep, which writes, still refuses the read-only folder up front.
+        argv[-2:] = ["--data-root", str(tmp_path.parent / "data")]
+        assert _exit_code(sweep_main, argv) == 2
+        assert "is not writable" in capsys.readouterr().err
+    finally:
+        os.chdir(tmp_path)
+        # Lazy: MLflow keeps its store's engine (open files in the mount) for the process.
+        subprocess.run(["umount", "--lazy", str(read_only)], check=True)
