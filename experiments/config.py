@@ -29,6 +29,7 @@ from experiments.stores import (
 )
 from softmaxreg.config import (
     LR_SCHEDULE_CHOICES,
+    TRAIN_SET_SIZE,
     DataConfig,
     LrScheduleName,
     TrainConfig,
@@ -263,8 +264,21 @@ class SweepConfig:
         return share + (1 if index < extra else 0)
 
 
-def check_train_config(sweep: SweepConfig, train_config: TrainConfig) -> None:
-    """Raise `ConfigError` where the sweep's settings and the fixed training settings clash."""
+def check_train_config(
+    sweep: SweepConfig, train_config: TrainConfig, data_config: DataConfig | None = None
+) -> None:
+    """Raise `ConfigError` where the sweep's settings clash with the fixed training settings
+    (or, given `data_config`, with the data: a batch larger than the training split would train
+    full-batch while every record said otherwise)."""
+    if data_config is not None:
+        too_large = [b for b in sweep.batch_sizes if b > data_config.train_size]
+        require(
+            not too_large,
+            "batch_sizes",
+            tuple(too_large),
+            f"batch sizes up to {data_config.train_size}, the training split "
+            f"({TRAIN_SET_SIZE} images less --val-size {data_config.val_size})",
+        )
     require(
         sweep.population == 1 or train_config.model == "logits",
         "population",

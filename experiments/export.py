@@ -182,7 +182,7 @@ def load_study(config: ExportConfig) -> optuna.Study:
     """The study to export, without creating any store to find out it is not there."""
     if not store_exists(config.storage):
         raise ExportError(f"--storage {config.storage}: no such database file")
-    storage = open_storage(normalise_sql_url(absolute_sqlite_url(config.storage)))
+    storage = open_storage(normalise_sql_url(absolute_sqlite_url(config.storage)), read_only=True)
     names = sorted(s.study_name for s in storage.get_all_studies())
     if config.study_name not in names:
         raise ExportError(
@@ -202,8 +202,9 @@ def check_export(config: ExportConfig) -> None:
     for path in config.outputs:
         if path.exists() and not path.is_file():
             raise ExportError(f"--out {config.out}: {path.resolve()} exists and is not a file")
-    check_optuna_storage(config.storage, "--storage")
-    check_tracking_uri(config.tracking_uri, "--tracking-uri")
+    # Export only reads the stores: they may sit in a read-only folder.
+    check_optuna_storage(config.storage, "--storage", writable=False)
+    check_tracking_uri(config.tracking_uri, "--tracking-uri", writable=False)
     if not store_exists(config.tracking_uri):
         raise ExportError(f"--tracking-uri {config.tracking_uri}: no such database file")
 

@@ -6,8 +6,9 @@
 Both stores are checked *before* anything is created, and the checks create nothing themselves:
 
 - a SQLite URL must name a file (not `:memory:`, which would lose every result at exit) in a
-  folder that exists and is writable; if the file exists it must be a SQLite database. The file
-  itself is created later, by Optuna or MLflow, only once the sweep really starts;
+  folder that exists and is writable; if the file exists it must be a sound SQLite database
+  (and MLflow's a complete schema: `experiments.store_files`). The file itself is created
+  later, whole or not at all, only once the sweep really starts;
 - any other SQL URL (PostgreSQL, MySQL, ...) must accept a connection within
   `CONNECT_TIMEOUT_SECONDS`, through a driver that is installed;
 - an MLflow tracking server (`http://`, `https://`) must answer its `/health` endpoint.
@@ -154,15 +155,17 @@ def store_exists(url: str) -> bool:
     return path is None or path.exists()
 
 
-def _check_sqlite(path: Path, flag: str, url: str) -> None:
+def _check_sqlite(path: Path, flag: str, url: str, writable: bool = True) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise StoreError(
             f"{flag} {url}: folder {folder.resolve()} does not exist (create it first, or "
             "point the URL at an existing folder)"
         )
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if writable and not folder_writable(folder):
         raise StoreError(f"{flag} {url}: folder {folder.resolve()} is not writable")
+    if not writable and not path.exists():
+        raise StoreError(f"{flag} {url}: no such database file {path.resolve()}")
     if path.exists():
         if not path.is_file():
             raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a file")
@@ -170,6 +173,11 @@ def _check_sqlite(path: Path, flag: str, url: str) -> None:
             header = handle.read(len(SQLITE_MAGIC))
         if header and header != SQLITE_MAGIC:
             raise StoreError(f"{flag} {url}: {path.resolve()} exists but is not a SQLite database")
+        if header:
+            # Imported here: store_files builds on this module.
+            from experiments.store_files import check_sqlite_integrity
+
+            check_sqlite_integrity(path.resolve(), f"{flag} {url}")
 
 
 def _connect_args(url: URL) -> dict[str, object]:
@@ -179,11 +187,14 @@ def _connect_args(url: URL) -> dict[str, object]:
     return {}
 
 
-def check_sql_url(url: str, flag: str) -> None:
-    """Raise `StoreError` unless the database behind `url` can be used (creates nothing)."""
+def check_sql_url(url: str, flag: str, writable: bool = True) -> None:
+    """Raise `StoreError` unless the database behind `url` can be used (creates nothing).
+
+    `writable=False` (export: reads only) accepts an existing SQLite file in a read-only
+    folder."""
     path = sqlite_file(url)
     if path is not None:
-        _check_sqlite(path, flag, url)
+        _check_sqlite(path, flag, url, writable)
         return
     parsed = make_url(normalise_sql_url(url))
     shown = display_url(url)
@@ -208,11 +219,19 @@ def check_sql_url(url: str, flag: str) -> None:
         engine.dispose()
 
 
-def check_optuna_storage(url: str, flag: str = "--storage") -> None:
-    check_sql_url(url, flag)
+def folder_writable(folder: Path) -> bool:
+    """Whether files can be created in `folder`: its permissions and its mount (root passes
+    every permission check, but not a read-only mount)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    return not os.statvfs(folder).f_flag & os.ST_RDONLY
 
 
-def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
+def check_optuna_storage(url: str, flag: str = "--storage", writable: bool = True) -> None:
+    check_sql_url(url, flag, writable)
+
+
+def check_tracking_uri(uri: str, flag: str = "--tracking-uri", writable: bool = True) -> None:
     """Raise `StoreError` unless MLflow can track to `uri` (a database or a live server)."""
     if is_server_uri(uri):
         health = uri.rstrip("/") + "/health"
@@ -226,7 +245,12 @@ def check_tracking_uri(uri: str, flag: str = "--tracking-uri") -> None:
                 "`mlflow server --backend-store-uri sqlite:///mlflow.db`"
             ) from error
         return
-    check_sql_url(uri, flag)
+    check_sql_url(uri, flag, writable)
+    path = sqlite_file(uri)
+    if path is not None and path.exists() and path.stat().st_size > 0:
+        from experiments.store_files import check_mlflow_schema
+
+        check_mlflow_schema(path.resolve(), f"{flag} {uri}")
 
 
 def absolute_sqlite_url(url: str) -> str:

@@ -6,8 +6,9 @@
 Any number of workers may start the same new study at the same moment, on SQLite or
 PostgreSQL: the storage's schema and the study are created under `experiments.locks.store_lock`,
 and the study's unique name decides which worker created it (Optuna's `DuplicatedStudyError`),
-so exactly one sets its attributes. A study resumed with settings it cannot take (another
-objective, other batch sizes, other data) is refused with `SweepError` before any trial exists.
+so exactly one sets its attributes, among them every fixed setting. A study resumed with other
+settings (another objective, other batch sizes, epochs, data...: `experiments.study_settings`)
+is refused with `SweepError` before any trial exists.
 
 Liveness: every storage opened here has Optuna's trial heartbeat on. A trial whose worker stops
 beating for `SweepConfig.grace_seconds` (kill -9, preemption) is marked FAIL by the next worker
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import uuid
 import warnings
-from dataclasses import dataclass
 
 import optuna
 import sqlalchemy
@@ -31,24 +31,22 @@ from sqlalchemy.pool import NullPool
 
 from experiments.config import SweepConfig
 from experiments.locks import store_lock
-from experiments.stores import display_url, sqlite_file, store_exists
-from softmaxreg.config import TrainConfig
+from experiments.stores import sqlite_file, store_exists
+from experiments.study_settings import (
+    FIXED_SETTINGS_ATTR,
+    DataIdentity,
+    SweepError,
+    check_resumable,
+    fixed_settings,
+    search_settings,
+)
+from softmaxreg.config import DataConfig, TrainConfig
+
+__all__ = ["DataIdentity", "SweepError", "check_resumable", "open_or_create_study"]
 
 MEDIAN_PRUNER_STARTUP_TRIALS = 2  # COMPLETE trials per batch size before pruning starts
 MEDIAN_PRUNER_WARMUP_EPOCHS = 2  # never prune on the first epoch's noisy figure
 SQLITE_BUSY_SECONDS = 60  # several workers write one SQLite file: wait for the lock, not fail
-
-
-class SweepError(RuntimeError):
-    """The sweep cannot start as asked (e.g. a study that cannot be resumed); exit status 2."""
-
-
-@dataclass(frozen=True)
-class DataIdentity:
-    """Which data a study was run on; a resumed study must use the same bytes."""
-
-    name: str
-    checksum: str
 
 
 OPTUNA_SCHEMA_LOCK = "softmaxreg-optuna-schema"
@@ -78,8 +76,11 @@ def _begin_immediate(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then read, then write
 
 
-def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on."""
+def open_storage(
+    url: str, sweep: SweepConfig | None = None, read_only: bool = False
+) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on.
+    `read_only` (export) takes no write lock, so a file in a read-only folder can be read."""
     engine_kwargs = {}
     if sqlite_file(url) is not None:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
@@ -94,7 +95,7 @@ def open_storage(url: str, sweep: SweepConfig | None = None) -> optuna.storages.
                 "heartbeat_stale_trial_callback": retry if sweep.retries else None,
             }
         storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
-    if sqlite_file(url) is not None:
+    if sqlite_file(url) is not None and not read_only:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # so every later connection gets the pragmas
@@ -122,89 +123,6 @@ def find_study(url: str, study_name: str, sweep: SweepConfig | None = None) -> o
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def search_settings(sweep: SweepConfig, train_config: TrainConfig) -> dict[str, object]:
-    """What makes trials comparable; a resumed study that changes any of it gets a note."""
-    return {
-        "batch_sizes": list(sweep.batch_sizes),
-        "lr_range": list(sweep.lr_range),
-        "repeats": sweep.repeats,
-        "epochs": train_config.epochs,
-        "target_accuracy": train_config.target_accuracy,
-        "model": train_config.model,
-        "momentum": train_config.momentum,
-        "weight_decay": train_config.weight_decay,
-        "sampler": sweep.sampler,
-        "grid_lr_points": sweep.grid_lr_points,
-        "lr_schedule": train_config.lr_schedule,
-        "warmup_steps": train_config.warmup_steps,
-        "lr_schedules": list(sweep.lr_schedules),
-    }
-
-
-def _stored_choices(study: optuna.Study, param: str, setting: str) -> list | None:
-    """The choices `study` was created with for categorical `param` (kept in its search
-    settings as `setting`; for older studies, read off a trial's distribution)."""
-    stored = study.user_attrs.get("search_settings", {}).get(setting)
-    if stored is not None:
-        return list(stored)
-    for trial in study.get_trials(deepcopy=False):
-        distribution = trial.distributions.get(param)
-        if distribution is not None:
-            return list(distribution.choices)  # type: ignore[attr-defined]
-    return None
-
-
-def _check_choices(
-    study: optuna.Study, param: str, setting: str, wanted: tuple, flag: str, short: str
-) -> None:
-    """Optuna cannot change a categorical's choices once a trial has used them."""
-    stored = _stored_choices(study, param, setting)
-    if not stored or not wanted or sorted(map(str, stored)) == sorted(map(str, wanted)):
-        return
-    shown = " ".join(map(str, stored))
-    raise SweepError(
-        f"study {study.study_name!r} chooses {param.replace('_', ' ')}s {shown}, not "
-        f"{' '.join(map(str, wanted))} (Optuna cannot change a categorical choice): resume "
-        f"with {flag} {shown}, or start a new study with --study-name {study.study_name}-{short}"
-        + "-".join(map(str, wanted))
-    )
-
-
-def check_resumable(
-    study: optuna.Study,
-    sweep: SweepConfig,
-    train_config: TrainConfig,
-    data: DataIdentity | None,
-) -> list[str]:
-    """Raise `SweepError` if `study` cannot be resumed with `sweep`; return notes otherwise."""
-    shown = display_url(study._storage.url) if hasattr(study._storage, "url") else ""
-    wanted = [d.upper() for d in sweep.directions]
-    found = [d.name for d in study.directions]
-    if wanted != found:
-        raise SweepError(
-            f"study {study.study_name!r} in {shown} optimises {found}, but --objective "
-            f"{sweep.objective} needs {wanted}; use another --study-name"
-        )
-    _check_choices(study, "batch_size", "batch_sizes", sweep.batch_sizes, "--batch-sizes", "bs")
-    _check_choices(study, "lr_schedule", "lr_schedules", sweep.lr_schedules, "--lr-schedules", "")
-    stored = study.user_attrs
-    if data is not None and stored.get("dataset_checksum") not in (None, data.checksum):
-        raise SweepError(
-            f"study {study.study_name!r} was run on {stored.get('dataset')} with checksum "
-            f"{stored.get('dataset_checksum')}, but this data has checksum {data.checksum}; "
-            "results would not be comparable: use another --study-name"
-        )
-    notes = []
-    for name, value in search_settings(sweep, train_config).items():
-        before = stored.get("search_settings", {}).get(name)
-        if before is not None and before != value:
-            notes.append(
-                f"note: resuming {study.study_name!r} with {name} {value} (earlier trials used "
-                f"{before}); the comparison table mixes both"
-            )
-    return notes
-
-
 def open_or_create_study(
     sweep: SweepConfig,
     storage: optuna.storages.RDBStorage,
@@ -212,10 +130,12 @@ def open_or_create_study(
     train_config: TrainConfig,
     data: DataIdentity,
     sampler: optuna.samplers.BaseSampler,
+    data_config: DataConfig | None = None,
 ) -> tuple[optuna.Study, list[str]]:
     """The study, created with its attributes by exactly one caller; call under the study lock.
 
-    Returns the study and notes about a resume with changed settings."""
+    Records its fixed settings (`experiments.study_settings`) when created; raises `SweepError`
+    if it exists with other ones. Returns the study and notes for the report."""
     directions = [StudyDirection[d.upper()] for d in sweep.directions]
     try:
         storage.create_new_study(directions, study_name)
@@ -232,6 +152,9 @@ def open_or_create_study(
         study.set_user_attr("dataset", data.name)
         study.set_user_attr("dataset_checksum", data.checksum)
         study.set_user_attr("search_settings", search_settings(sweep, train_config))
+        if data_config is not None:
+            settings = fixed_settings(sweep, train_config, data_config)
+            study.set_user_attr(FIXED_SETTINGS_ATTR, settings)
         study.set_user_attr("sampler_seed", sweep.sampler_seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ExperimentalWarning)  # printed on every new study
@@ -240,7 +163,8 @@ def open_or_create_study(
             )
         study.set_user_attr("study_uuid", uuid.uuid4().hex)  # last: marks the study complete
         return study, []
-    return study, check_resumable(study, sweep, train_config, data)
+    check_resumable(study, sweep, train_config, data_config, data)
+    return study, []
 
 
 class _SameBatchSizeView:

@@ -45,6 +45,7 @@ from experiments.reconcile import reconcile_study
 from experiments.report import (
     format_report,
 )
+from experiments.store_files import create_stores_or_exit
 from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
 from experiments.study import (
     SweepError,
@@ -89,13 +90,13 @@ def check_before_start(
     sweep: SweepConfig, train_config: TrainConfig, data_config: DataConfig
 ) -> Stores:
     """Everything that can be checked before data or stores are touched; raises on failure."""
-    check_train_config(sweep, train_config)
+    check_train_config(sweep, train_config, data_config)
     stores = Stores.from_config(sweep)
     check_optuna_storage(stores.optuna_url, "--storage")
     check_tracking_uri(stores.tracking_uri, "--tracking-uri")
     existing = find_study(stores.optuna_url, study_name_for(sweep, data_config))
     if existing is not None:
-        check_resumable(existing, sweep, train_config, data=None)
+        check_resumable(existing, sweep, train_config, data_config, data=None)
     return stores
 
 
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(1)
         device = torch.device("cpu")
     data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
+    create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all
     worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
     if sweep.workers > 1:
         name = study_name_for(sweep, data_config)

@@ -90,13 +90,20 @@ def open_study_and_mirror(
     data: DataSplits,
     worker_id: int,
     log: Callable[[str], None],
+    data_config: DataConfig | None = None,
 ) -> tuple[optuna.Study, Mirror, list[str]]:
     """Open or create the study, its MLflow experiment and parent run, under the study lock."""
     identity = DataIdentity(data.name, data.checksum)
     with store_lock(stores.optuna_url, OPTUNA_SCHEMA_LOCK):
         storage = open_storage(stores.optuna_url, sweep)
         study, notes = open_or_create_study(
-            sweep, storage, study_name, train_config, identity, optuna.samplers.RandomSampler()
+            sweep,
+            storage,
+            study_name,
+            train_config,
+            identity,
+            optuna.samplers.RandomSampler(),
+            data_config,
         )
         study.sampler = make_sampler(sweep, worker_id, len(study.trials))
         mirror = Mirror.open(stores, study, wait_seconds=sweep.tracking_wait_seconds, log=log)
@@ -209,7 +216,7 @@ def run_sweep(
     data = data if data.device == device else data.to(device)
     optuna.logging.set_verbosity(logging.WARNING if sweep.quiet else logging.INFO)
     study, mirror, notes = open_study_and_mirror(
-        sweep, stores, study_name, train_config, data, sweep.worker_id, log
+        sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config
     )
     registry = WorkerRegistry(study, sweep.worker_id, sweep)
     registry.start()

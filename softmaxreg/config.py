@@ -160,6 +160,10 @@ class TrainConfig:
         require_int(self.threads, "threads", 0)
 
 
+TRAIN_SET_SIZE = 60000
+"""Training images of every dataset choice (each has 60,000, and a 10,000-image test set)."""
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset to load, from where, and how to carve the validation split."""
@@ -180,5 +184,18 @@ class DataConfig:
     def __post_init__(self) -> None:
         require_choice(self.dataset, "dataset", DATASET_CHOICES)
         require(isinstance(self.data_root, str), "data_root", self.data_root, "a path")
-        require_int(self.val_size, "val_size", 1)
+        require(
+            isinstance(self.val_size, int)
+            and not isinstance(self.val_size, bool)
+            and 0 < self.val_size < TRAIN_SET_SIZE,
+            "val_size",
+            self.val_size,
+            f"an integer from 1 to {TRAIN_SET_SIZE - 1} (held out of the {TRAIN_SET_SIZE:,} "
+            "training images; the rest are trained on)",
+        )
         require_seed(self.split_seed, "split_seed")
+
+    @property
+    def train_size(self) -> int:
+        """Images left to train on once the validation split is held out."""
+        return TRAIN_SET_SIZE - self.val_size

@@ -19,6 +19,7 @@ from experiments.export import main
 from experiments.results import BEST_PER_BATCH_SIZE_COLUMNS, TRIAL_COLUMNS
 from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
+from tests.test_sweep import enqueue
 
 
 def initialised_mlflow_db(tmp_path_factory: pytest.TempPathFactory):
@@ -42,16 +43,18 @@ def finished_sweep(tmp_path_factory, synthetic_splits):
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)  # MLflow writes artifacts to ./mlruns
         train_config = TrainConfig(epochs=2, device="cpu")
-        for n_trials, lr_range in ((2, (0.05, 1.0)), (1, (1e35, 2e35))):
+        # The last trial is queued outside the study's --lr-range (fixed for its life).
+        for n_trials, queued in ((2, ()), (1, (1.5e35,))):
             config = SweepConfig(
                 study_name="export-study",
                 n_trials=n_trials,
                 batch_sizes=(32, 128),
-                lr_range=lr_range,
+                lr_range=(0.05, 1.0),
                 repeats=2,
                 quiet=True,
                 **stores,
             )
+            enqueue(stores, "export-study", [{"batch_size": 32, "lr": lr} for lr in queued])
             outcome = run_sweep(
                 config, train_config, DataConfig(), synthetic_splits, log=lambda _: None
             )

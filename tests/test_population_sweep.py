@@ -29,6 +29,7 @@ from softmaxreg.population import train_population
 from softmaxreg.trainer import train
 from tests.test_sweep import (
     child_runs,
+    enqueue,
     interrupt_once_trial_has_trained,
     runs_by_role,
     sweep_config,
@@ -147,7 +148,8 @@ def test_a_pruned_member_stops_alone_and_a_diverging_one_fails_alone(stores, syn
     good_lr, good_value = study.best_trial.params["lr"], study.best_value
     for lr in (1e-7, 1e35, good_lr):
         study.enqueue_trial({"batch_size": 32, "lr": lr})
-    wide = replace(first, n_trials=3, population=3, lr_range=(1e-8, 1e36))
+    # Outside the study's --lr-range (which a resume cannot change): Optuna runs queued values.
+    wide = replace(first, n_trials=3, population=3)
     run_sweep(wide, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
@@ -193,9 +195,12 @@ def test_repeats_train_each_seed_as_a_population(stores, synthetic_splits):
 
 
 def test_ctrl_c_mid_pass_fails_every_member_with_the_reason(stores, synthetic_splits):
-    config = sweep_config(stores, n_trials=1, batch_sizes=(32,), pruner="none")
-    run_sweep(config, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)
-    endless = TrainConfig(epochs=100_000, device="cpu", lr_schedule="constant")
+    # --epochs is the study's for life, so the interrupted pass is the long one by its batch
+    # size: 2,000 steps an epoch at batch size 1 against 63 at 32, ten epochs to interrupt in.
+    config = sweep_config(stores, n_trials=1, batch_sizes=(1, 32), pruner="none")
+    endless = TrainConfig(epochs=10, device="cpu", lr_schedule="constant")
+    run_sweep(config, endless, DataConfig(), synthetic_splits, log=quiet)
+    enqueue(stores, "test-study", [{"batch_size": 1, "lr": lr} for lr in (0.05, 0.1, 0.2)])
     database = Path(stores["storage"].removeprefix("sqlite:///"))
     watcher = threading.Thread(
         target=interrupt_once_trial_has_trained, args=(database, 1), daemon=True

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +55,17 @@ def sweep_config(stores: dict[str, str], **overrides) -> SweepConfig:
         **overrides,
     }
     return SweepConfig(**settings)
+
+
+def enqueue(stores: dict[str, str], study_name: str, params: list[dict]) -> None:
+    """Queue trials with these exact params (once the study exists)."""
+    if not params:
+        return
+    study = optuna.load_study(study_name=study_name, storage=stores["storage"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "out of range": on purpose
+        for values in params:
+            study.enqueue_trial(values)
 
 
 def child_runs(client: MlflowClient, experiment_name: str) -> dict[int, object]:
@@ -172,8 +184,11 @@ def test_pruned_and_diverged_trials_get_their_own_mlflow_status(stores, syntheti
     one_batch_size = {"batch_sizes": (32,)}
     # Two good trials to compare against, then one whose learning rate is far too small (pruned
     # after epoch 2 against the median of the same batch size), then two that diverge.
-    for n_trials, lr_range in ((2, (0.1, 0.5)), (1, (1e-7, 2e-7)), (2, (1e35, 2e35))):
-        config = sweep_config(stores, n_trials=n_trials, lr_range=lr_range, **one_batch_size)
+    # The last three are queued outside the study's --lr-range (which a resume cannot change):
+    # Optuna runs a queued trial's values as they are.
+    for n_trials, queued in ((2, ()), (1, (1.5e-7,)), (2, (1.2e35, 1.7e35))):
+        config = sweep_config(stores, n_trials=n_trials, lr_range=(0.1, 0.5), **one_batch_size)
+        enqueue(stores, "test-study", [{"batch_size": 32, "lr": lr} for lr in queued])
         run_sweep(config, three_epochs, DataConfig(), synthetic_splits, log=lambda _: None)
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
@@ -476,9 +491,12 @@ def interrupt_once_trial_has_trained(database: Path, trial_number: int) -> None:
 def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits, tmp_path):
     """Ctrl-C mid-trial: finished trials stay, the interrupted one is FAIL with its reason,
     its run and the parent are closed, and the export shows the reason."""
-    config = sweep_config(stores, n_trials=1, batch_sizes=(32,), pruner="none")
-    run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
-    endless = TrainConfig(epochs=100_000, device="cpu")  # only the interrupt ends this trial
+    # --epochs is the study's for life, so the interrupted trial is the long one by its batch
+    # size: 2,000 steps an epoch at batch size 1 against 63 at 32, ten epochs to interrupt in.
+    config = sweep_config(stores, n_trials=1, batch_sizes=(1, 32), pruner="none")
+    ten_epochs = TrainConfig(epochs=10, device="cpu")
+    run_sweep(config, ten_epochs, DataConfig(), synthetic_splits, log=lambda _: None)
+    enqueue(stores, "test-study", [{"batch_size": 1, "lr": 0.1}])
     database = Path(stores["storage"].removeprefix("sqlite:///"))
     watcher = threading.Thread(
         target=interrupt_once_trial_has_trained, args=(database, 1), daemon=True
@@ -487,7 +505,7 @@ def test_interrupt_leaves_no_run_marked_running(stores, synthetic_splits, tmp_pa
     install_signal_handlers()  # as the command does: the interrupt waits for a safe point
     watcher.start()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(replace(config, n_trials=5), endless, DataConfig(), synthetic_splits,
+        run_sweep(replace(config, n_trials=5), ten_epochs, DataConfig(), synthetic_splits,
                   log=lambda _: None)  # fmt: skip
     watcher.join(timeout=5)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -44,6 +44,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT = 300
 
 
+LONG_TRIAL = ("--epochs", "50", "--batch-sizes", "1", "--lr-range", "0.001", "0.01")
+"""Trials that take seconds, to stop mid-trial: 1,000 steps an epoch at batch size 1. A study
+keeps --epochs, --batch-sizes and --lr-range for life, so its resumes give them too."""
+
+
 def sweep_args(data_root: Path, *extra: str) -> list[str]:
     """Small, fast trials on real MNIST: 1,000 training examples, 2 epochs, no pruning."""
     return [
@@ -168,7 +173,7 @@ def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):
 
 def endless_worker(folder: Path, data_root: Path, *extra: str) -> subprocess.Popen:
     """A worker whose trial only ends when it is stopped, once it has stored an epoch."""
-    process = start(folder, sweep_args(data_root, "--epochs", "100000", "--n-trials", "1",
+    process = start(folder, sweep_args(data_root, *LONG_TRIAL, "--n-trials", "1",
                                        "--heartbeat-seconds", "1", *extra))  # fmt: skip
     database = folder / "optuna.db"
     wait_for(lambda: recorded_epochs(database, 0) >= 1 or process.poll() is not None,
@@ -201,7 +206,8 @@ def test_kill_9_mid_trial_is_failed_retried_and_reconciled(real_mnist_root, tmp_
     assert reconcile_study(sweep, log=print)[2] == 0  # nothing left to repair
 
     # The next command runs the queued retry first.
-    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "1")))
+    resume = sweep_args(real_mnist_root, *LONG_TRIAL, "--n-trials", "1")
+    code, _, err = finish(start(tmp_path, resume))
     assert code == 0, err
     study = optuna.load_study(study_name="workers", storage=stores["storage"])
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
@@ -213,9 +219,8 @@ def test_kill_9_mid_trial_is_failed_retried_and_reconciled(real_mnist_root, tmp_
 def test_kill_9_mid_population_fails_and_retries_every_member(real_mnist_root, tmp_path):
     """A worker training 3 trials as one population is killed: each member is failed by the
     heartbeat and queued again, and the next command trains the retries as a population."""
-    process = start(tmp_path, sweep_args(real_mnist_root, "--epochs", "100000", "--n-trials",
-                    "3", "--population", "3", "--batch-sizes", "32", "--heartbeat-seconds",
-                    "1", "--retries", "1"))  # fmt: skip
+    process = start(tmp_path, sweep_args(real_mnist_root, *LONG_TRIAL, "--n-trials", "3",
+                    "--population", "3", "--heartbeat-seconds", "1", "--retries", "1"))  # fmt: skip
     database = tmp_path / "optuna.db"
     wait_for(lambda: all(recorded_epochs(database, n) >= 1 for n in range(3))
              or process.poll() is not None, "every member's first stored epoch")  # fmt: skip
@@ -239,8 +244,8 @@ def test_kill_9_mid_population_fails_and_retries_every_member(real_mnist_root, t
         assert run.data.tags["optuna.fail_reason"] == WORKER_LOST_REASON
         assert run.data.params["population"] == "3"
 
-    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "3",
-                                "--population", "3", "--batch-sizes", "32")))  # fmt: skip
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, *LONG_TRIAL, "--n-trials",
+                                "3", "--population", "3")))  # fmt: skip
     assert code == 0, err
     study = optuna.load_study(study_name="workers", storage=stores["storage"])
     retried = study.trials[3:]
@@ -272,7 +277,8 @@ def test_sigterm_and_sighup_stop_like_ctrl_c(real_mnist_root, tmp_path, signum, 
     assert children[0][0].data.tags["optuna.fail_reason"] == f"interrupted by {name}"
     assert parents[0].info.status == "KILLED"
     # Resumable: the same command goes on with the next trial.
-    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "1")))
+    code, _, err = finish(start(tmp_path, sweep_args(real_mnist_root, *LONG_TRIAL, "--n-trials",
+                                "1")))  # fmt: skip
     assert code == 0, err
     assert trial_states(tmp_path / "optuna.db") == ["FAIL", "COMPLETE"]
 

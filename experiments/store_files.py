@@ -1,0 +1,146 @@
+"""SQLite store files: refused when damaged or half-built, and created so a cut-off creation
+leaves nothing.
+
+    check_sqlite_integrity(path, "--storage sqlite:///optuna.db")   # raises StoreError
+    check_mlflow_schema(path, "--tracking-uri sqlite:///mlflow.db")  # raises StoreError
+    create_stores(stores)        # builds missing SQLite stores in a temporary file, then links
+
+A store file cut short (a full disk, a copy interrupted) is found with SQLite's own
+`PRAGMA quick_check` before any work, and named; it is never written to or replaced. MLflow
+builds its schema in dozens of steps (migrations); cut off half-way, the file holds some tables
+and an old revision, and every later start fails with `table ... already exists`. So a missing
+SQLite store is built in a temporary file in the same folder and hard-linked into place only
+once complete (`os.link` refuses to replace a file another worker linked first); a half-built
+file left by older code is refused with how to recover.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+from experiments.stores import StoreError, sqlite_file
+
+
+def _read_only(path: Path) -> closing[sqlite3.Connection]:
+    # mode=ro: checking never creates, changes or takes over the file.
+    return closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60))
+
+
+def check_sqlite_integrity(path: Path, named: str) -> None:
+    """Raise `StoreError` naming `path` unless SQLite finds its file sound."""
+    try:
+        with _read_only(path) as connection:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check(3)")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    if problems != ["ok"]:
+        raise StoreError(
+            f"{named}: {path} is damaged ({'; '.join(problems)}), e.g. cut short by a full "
+            "disk or an interrupted copy; it is left untouched: restore it from a backup, or "
+            "move it away to start afresh (an MLflow store can be rebuilt from Optuna's with "
+            "python -m experiments.reconcile)"
+        )
+
+
+def _mlflow_head_revision() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def check_mlflow_schema(path: Path, named: str) -> None:
+    """Raise `StoreError` if the MLflow database at `path` has tables but not MLflow's schema."""
+    with _read_only(path) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        revision = None
+        if "alembic_version" in tables:
+            row = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+            revision = row[0] if row else None
+    if not tables - {"alembic_version"}:
+        return  # empty: MLflow builds its schema
+    head = _mlflow_head_revision()
+    if revision == head:
+        return
+    raise StoreError(
+        f"{named}: {path} holds an incomplete MLflow schema (revision {revision or 'none'}, "
+        f"this MLflow needs {head}): if its creation was cut off (a full disk, a kill), move it "
+        "away and run again, then `python -m experiments.reconcile` rebuilds every run from "
+        f"Optuna; if it comes from an older MLflow, upgrade it: mlflow db upgrade sqlite:///{path}"
+    )
+
+
+def _build_optuna_schema(url: str) -> None:
+    import optuna
+
+    optuna.storages.RDBStorage(url).engine.dispose()
+
+
+def _build_mlflow_schema(url: str) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _initialize_tables
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def create_sqlite_store(path: Path, build) -> bool:
+    """Build a missing store in a temporary file beside `path`, then link it into place.
+
+    Returns False when `path` exists already (nothing done). Cut off at any moment, this leaves
+    at most a temporary `.<name>.building-*` file, never a half-built `path`."""
+    if path.exists():
+        return False
+    building = path.with_name(f".{path.name}.building-{uuid.uuid4().hex[:8]}")
+    try:
+        build(f"sqlite:///{building}")
+        os.link(building, path)  # atomic, and never over a store another worker linked
+    except FileExistsError:
+        return False
+    except Exception as error:  # SQLAlchemy's, SQLite's or the OS's: the file was not made
+        raise StoreCreationError(
+            f"cannot create {path}: {one_line(error)}; nothing was left behind (it is built "
+            "in a temporary file first): free space or fix the folder, then run the same "
+            "command again"
+        ) from error
+    finally:
+        for leftover in (building, *building.parent.glob(f"{building.name}-*")):
+            leftover.unlink(missing_ok=True)  # the file, and any -wal / -journal beside it
+    return True
+
+
+def one_line(error: BaseException) -> str:
+    """The innermost reason of a (possibly SQLAlchemy-wrapped) error, on one line."""
+    reason = getattr(error, "orig", None) or error
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"{reason.strerror} (errno {reason.errno})"
+    lines = str(reason).strip().splitlines()
+    return lines[0] if lines else type(reason).__name__
+
+
+def create_stores(optuna_url: str, tracking_uri: str) -> None:
+    """Create whichever of the two stores is a missing SQLite file, each whole or not at all."""
+    for url, build in ((optuna_url, _build_optuna_schema), (tracking_uri, _build_mlflow_schema)):
+        path = None if "://" not in url or url.startswith("http") else sqlite_file(url)
+        if path is not None:
+            create_sqlite_store(path, build)
+
+
+class StoreCreationError(RuntimeError):
+    """A store could not be created (a full disk, a vanished folder); nothing was left behind."""
+
+
+def create_stores_or_exit(optuna_url: str, tracking_uri: str) -> None:
+    """`create_stores`, or exit 1 with one line naming the file and why (nothing left behind)."""
+    try:
+        create_stores(optuna_url, tracking_uri)
+    except StoreCreationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from error
