@@ -18,6 +18,11 @@ import optuna
 import pandas as pd
 
 from experiments.config import Stores, SweepConfig
+from experiments.model_registry import (
+    best_trial_with_weights,
+    refit_record,
+    registered_model_name,
+)
 from experiments.plots import write_study_plots
 from experiments.results import (
     best_per_batch_size_markdown,
@@ -121,7 +126,25 @@ def _best_lines(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:
         f"best trial {int(top['trial_number'])}: batch size {int(top['batch_size'])}, lr "
         f"{top['lr']:.4g} -> best val accuracy {top['best_val_accuracy']:.4f}; test "
         f"accuracy {top['test_accuracy_at_best_val']:.4f} at that epoch, "
-        f"{top['final_test_accuracy']:.4f} after the last epoch"
+        f"{top['final_test_accuracy']:.4f} after the last epoch",
+        *_refit_lines(outcome),
+    ]
+
+
+def _refit_lines(outcome: SweepOutcome) -> list[str]:
+    """The registered model: the best trial refit on train + validation, or its own weights."""
+    name = registered_model_name(outcome.study_name)
+    best = best_trial_with_weights(outcome.study)
+    if best is None:
+        return []
+    record = refit_record(outcome.study, best)
+    if record is None:
+        return [f"registered model {name}: trial {best.number}'s own weights (no refit)"]
+    return [
+        f"refit of trial {best.number} on train + validation ({record['train_examples']:,} "
+        f"images, seed {record['seed']}): test accuracy {record['test_accuracy']:.4f}, beside "
+        f"the trial's {record['trial_test_accuracy']:.4f} on {record['trial_train_examples']:,}; "
+        f"registered as {name}"
     ]
 
 
