@@ -11,6 +11,8 @@ joined to it, so the figures describe the whole study, whichever worker prints t
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,7 +190,11 @@ def _tracking_line(outcome: SweepOutcome) -> list[str]:
 
 
 def _export_command(outcome: SweepOutcome, sweep: SweepConfig) -> str:
-    command = f"python -m experiments.export --study-name {outcome.study_name}"
+    # The interpreter this sweep ran under, by its full path: pasted into a shell without the
+    # venv on PATH, `python` is the system's, which has none of our packages.
+    command = (
+        f"{shlex.quote(sys.executable)} -m experiments.export --study-name {outcome.study_name}"
+    )
     if sweep.storage != DEFAULT_OPTUNA_STORAGE:
         command += f" --storage {display_url(sweep.storage)}"
     if sweep.tracking_uri != DEFAULT_TRACKING_URI:
