@@ -20,18 +20,17 @@ scikit-learn is optional: without it its row says so and the rest is measured.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import statistics
 
 import pandas as pd
-import torch
 
 from benchmarks.common import Check, Context, SectionResult, Table
 from benchmarks.sklearn_reference import sklearn_grid
 from softmaxreg.config import LR_SCHEDULE_CHOICES, TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.population import train_population
+from softmaxreg.refit import train_and_validation
 from softmaxreg.trainer import train
 
 TARGET_TEST_ACCURACY = 0.926
@@ -107,15 +106,6 @@ def choose(sweep: pd.DataFrame) -> pd.Series:
 
 def seeds(context: Context) -> range:
     return range(1, context.settings.seeds + 1)
-
-
-def train_and_validation(data: DataSplits) -> DataSplits:
-    """`data` with the validation examples appended to the training split (the final fit)."""
-    return dataclasses.replace(
-        data,
-        train_x=torch.cat([data.train_x, data.val_x]),
-        train_y=torch.cat([data.train_y, data.val_y]),
-    )
 
 
 def seed_runs(context: Context, chosen: pd.Series) -> list[dict[str, object]]:

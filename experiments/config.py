@@ -147,6 +147,11 @@ class SweepConfig:
     (sqlite:///mlflow.db, MLflow's default; artifacts go to ./mlruns) or a tracking server
     (http://host:port)."""
 
+    refit: bool = True
+    """When the study ends, train its best trial's configuration again on train + validation
+    (60,000 MNIST images) with the trial's seed, score it on the test split, and register that
+    model instead of the trial's own (55,000 images); --no-refit registers the trial's."""
+
     quiet: bool = False
     """Silence the progress bar and Optuna's per-trial log lines; the final report still prints."""
 
@@ -228,6 +233,7 @@ class SweepConfig:
         parse_sql_url(self.storage, "storage")
         require(isinstance(self.tracking_uri, str), "tracking_uri", self.tracking_uri, "a URI")
         validate_tracking_uri(self.tracking_uri, "tracking_uri")
+        require(isinstance(self.refit, bool), "refit", self.refit, "true or false")
         require(isinstance(self.quiet, bool), "quiet", self.quiet, "true or false")
         Stores.from_config(self)  # the two stores must be two different databases
 

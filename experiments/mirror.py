@@ -49,11 +49,7 @@ from optuna.trial import FrozenTrial, TrialState
 from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
-from experiments.model_registry import (
-    best_trial_with_weights,
-    log_best_model,
-    registered_model_name,
-)
+from experiments.model_registry import ensure_best_model
 from experiments.run_record import (
     DIGEST_TAG,
     RUN_STATUS_OF_STATE,
@@ -341,15 +337,9 @@ class Mirror:
         return run_id
 
     def ensure_best_model(self, study: optuna.Study) -> str | None:
-        """Log and register the best trial's model unless its version exists; return the new
+        """Log and register the study's best model unless its version exists; return the new
         version. Called when the study's parent run closes, and by a repair of a closed study."""
-        trial = best_trial_with_weights(study)
-        if trial is None:
-            return None
-        run_id = self.sync(trial)
-        name = registered_model_name(self.study_name)
-        uri = self.stores.tracking_uri
-        return self.call(log_best_model, self.client, uri, run_id, trial, name, self.study_uuid)
+        return ensure_best_model(self, study)
 
     def reconcile(self, study: optuna.Study) -> ReconcileReport:
         """Every finished trial gets exactly one run matching its record; stale trials are

@@ -1,12 +1,17 @@
-"""The best trial's model in MLflow: logged with `mlflow.pytorch`, registered under the study.
+"""The study's best model in MLflow: logged with `mlflow.pytorch`, registered under the study.
 
     name = registered_model_name("softmaxreg-mnist")       # "softmaxreg-mnist-best"
-    version = log_best_model(client, tracking_uri, run_id, trial, name)   # None if present
+    version = ensure_best_model(mirror, study)             # None if already registered
 
-Built from the trial's record alone (its `weights` user attribute, `experiments.weights`), so a
-rebuilt mirror registers the same model. One model version per best trial: the version is found
-again by its run (the best trial's own run), so calling this twice registers nothing new, and a
-resumed study whose best trial changed gets a new version on top.
+Built from Optuna's records alone, so a rebuilt mirror registers the same model: the study's
+`refit` record (`experiments.refit`: the best trial's configuration trained again on train +
+validation, 60,000 images), logged to a run of its own, `refit-trial-<n>` (role `refit`, beside
+the trial runs under the parent run); or, with `--no-refit`, the best trial's own weights (its
+`weights` user attribute, `experiments.weights`, 55,000 images) logged to the trial's run. One
+model version per best trial: the version is found again by its run, under the study's registry
+lock (`experiments.locks`, held in Optuna's storage), so any number of workers, the
+`--workers` command's final reconcile and `python -m experiments.reconcile` register it once,
+and a resumed study whose best trial changed gets a new version on top.
 
 In MLflow 3 a logged model is a LoggedModel entity of an experiment, linked to its run by
 `source_run_id` and listed in the run's outputs; the version's source is `models:/<model id>`.
@@ -23,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -34,14 +41,23 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
 from optuna.trial import FrozenTrial, TrialState
 
-from experiments.tracking import STUDY_UUID_TAG, TRIAL_NUMBER_TAG
-from experiments.weights import WEIGHTS_ATTR, model_of_trial
+from experiments.locks import store_lock
+from experiments.tracking import ROLE_TAG, STUDY_UUID_TAG, TRIAL_NUMBER_TAG
+from experiments.weights import WEIGHTS_ATTR, model_from_weights, model_of_trial
 from softmaxreg.model import IMAGE_PIXELS
+
+if TYPE_CHECKING:
+    from experiments.mirror import Mirror
 
 MODEL_NAME_SUFFIX = "-best"
 ARTIFACT_NAME = "model"
+REFIT_ATTR = "refit"
+"""Study user attribute holding the refit of its best trial (`experiments.refit`)."""
+REFIT_ROLE = "refit"
+REFIT_OF_TAG = "softmaxreg.refit_of_trial"
 
 
 def registered_model_name(study_name: str) -> str:
@@ -82,6 +98,18 @@ def tracking_uri(uri: str) -> Iterator[None]:
             registry_utils._registry_uri = registry_before
 
 
+@contextlib.contextmanager
+def mlflow_events_silenced() -> Iterator[None]:
+    """MLflow's event stream off for the call: registering prints "Successfully registered
+    model ..." and "Created version '1' ..." on stderr, which the sweep's report says once."""
+    before = MLFLOW_LOGGING_STREAM.enabled
+    MLFLOW_LOGGING_STREAM.enabled = False
+    try:
+        yield
+    finally:
+        MLFLOW_LOGGING_STREAM.enabled = before
+
+
 def registered_version(client: MlflowClient, name: str, run_id: str) -> str | None:
     """The version of `name` built from run `run_id`, if any."""
     try:
@@ -108,29 +136,162 @@ def create_logged_model(client: MlflowClient, run_id: str, tags: dict[str, str])
     )
 
 
-def log_best_model(
-    client: MlflowClient, uri: str, run_id: str, trial: FrozenTrial, name: str, study_uuid: str
-) -> str | None:
-    """Log `trial`'s model to its run `run_id` and register it as `name`; return the new
-    version, or None when that run's version is already registered."""
-    if registered_version(client, name, run_id) is not None:
-        return None
+def registry_lock_name(study_name: str) -> str:
+    """Held while the study's best model is looked up and registered."""
+    return f"softmaxreg-registry:{study_name}"
+
+
+def refit_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, object] | None:
+    """The study's refit record if it is `trial`'s (a resumed study may have a newer best)."""
+    record = study.user_attrs.get(REFIT_ATTR)
+    if isinstance(record, dict) and record.get("trial") == trial.number:
+        return record
+    return None
+
+
+@dataclass
+class ModelSource:
+    """What one registered version is built from: the run it is logged to, and the model."""
+
+    run_id: str
+    model: torch.nn.Module
+    tags: dict[str, str]
+    description: str
+
+
+def trial_source(run_id: str, trial: FrozenTrial, study_uuid: str) -> ModelSource | None:
     model = model_of_trial(trial)
     if model is None:
+        return None
+    return ModelSource(
+        run_id,
+        model,
+        {STUDY_UUID_TAG: study_uuid, TRIAL_NUMBER_TAG: str(trial.number)},
+        f"trial {trial.number}: batch size {trial.params.get('batch_size')}, lr "
+        f"{trial.params.get('lr', float('nan')):.4g}, best validation accuracy "
+        f"{trial.user_attrs['best_val_accuracy']:.4f}",
+    )
+
+
+def refit_source(
+    run_id: str, trial: FrozenTrial, record: dict[str, object], study_uuid: str
+) -> ModelSource:
+    settings = trial.user_attrs.get("settings") or {}
+    model = model_from_weights(record["weights"], str(settings.get("model", "logits")))
+    return ModelSource(
+        run_id,
+        model,
+        {
+            STUDY_UUID_TAG: study_uuid,
+            TRIAL_NUMBER_TAG: str(trial.number),
+            "train_examples": str(record["train_examples"]),
+        },
+        f"trial {trial.number}'s configuration (batch size {trial.params.get('batch_size')}, "
+        f"lr {trial.params.get('lr', float('nan')):.4g}, chosen on validation) refit on train + "
+        f"validation, {record['train_examples']:,} images: test accuracy "
+        f"{record['test_accuracy']:.4f} (the trial's own weights: "
+        f"{record['trial_test_accuracy']:.4f})",
+    )
+
+
+def refit_run_filter(study_uuid: str, trial_number: int) -> str:
+    return (
+        f"tags.`{ROLE_TAG}` = '{REFIT_ROLE}' AND tags.`{STUDY_UUID_TAG}` = '{study_uuid}' "
+        f"AND tags.`{REFIT_OF_TAG}` = '{trial_number}'"
+    )
+
+
+def ensure_refit_run(
+    client: MlflowClient,
+    parent_run_id: str,
+    study_uuid: str,
+    trial: FrozenTrial,
+    record: dict[str, object],
+) -> str:
+    """The refit's run under the study's parent run, found by its tags or created (called
+    under the registry lock): its settings are the trial's, and it says what it trained on."""
+    parent = client.get_run(parent_run_id)
+    experiment_id = parent.info.experiment_id
+    found = client.search_runs([experiment_id], refit_run_filter(study_uuid, trial.number))
+    if found:
+        return found[0].info.run_id
+    tags = {
+        ROLE_TAG: REFIT_ROLE,
+        STUDY_UUID_TAG: study_uuid,
+        REFIT_OF_TAG: str(trial.number),
+        "mlflow.parentRunId": parent_run_id,
+        "dataset_checksum": str(record.get("dataset_checksum", "")),
+    }
+    run = client.create_run(
+        experiment_id, tags={k: v for k, v in tags.items() if v}, run_name=refit_run_name(trial)
+    )
+    run_id = run.info.run_id
+    settings = {k: v for k, v in (trial.user_attrs.get("settings") or {}).items() if k != "seeds"}
+    params = {**settings, **trial.params, "seed": record["seed"], "refit_of_trial": trial.number}
+    params |= {"train_examples": record["train_examples"], "train_split": "train+validation"}
+    for key, value in params.items():
+        if str(value) != "":
+            client.log_param(run_id, key, str(value))
+    metrics = {
+        "test_accuracy": record["test_accuracy"],
+        "trial_test_accuracy": record["trial_test_accuracy"],
+        "train_examples": record["train_examples"],
+        "trial_train_examples": record["trial_train_examples"],
+        "refit_seconds": record["seconds"],
+    }
+    for key, value in metrics.items():
+        if value is not None:
+            client.log_metric(run_id, key, float(value))
+    client.log_metric(parent_run_id, "study_refit_test_accuracy", float(record["test_accuracy"]))
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def refit_run_name(trial: FrozenTrial) -> str:
+    return f"refit-trial-{trial.number} bs{trial.params.get('batch_size')} train+val"
+
+
+def ensure_best_model(mirror: Mirror, study: optuna.Study) -> str | None:
+    """Log and register the study's best model unless its version exists; return the new
+    version. The refit's when the study has one for its best trial, else the trial's own."""
+    trial = best_trial_with_weights(study)
+    if trial is None:
+        return None
+    trial_run_id = mirror.sync(trial)
+    name = registered_model_name(mirror.study_name)
+    uri = mirror.stores.tracking_uri
+    with store_lock(mirror.stores.optuna_url, registry_lock_name(mirror.study_name)):
+        record = refit_record(study, trial)
+        if record is None:
+            source = trial_source(trial_run_id, trial, mirror.study_uuid)
+        else:
+            run_id = mirror.call(
+                ensure_refit_run, mirror.client, mirror.parent_run_id, mirror.study_uuid,
+                trial, record,
+            )  # fmt: skip
+            source = refit_source(run_id, trial, record, mirror.study_uuid)
+        if source is None:
+            return None
+        return mirror.call(log_model_version, mirror.client, uri, source, name)
+
+
+def log_model_version(client: MlflowClient, uri: str, source: ModelSource, name: str) -> str | None:
+    """Log `source`'s model to its run and register it as `name`; return the new version, or
+    None when that run's version is already registered."""
+    if registered_version(client, name, source.run_id) is not None:
         return None
     import mlflow.pytorch  # here, not at the top: seconds of import every worker would pay
 
     example = input_example()
     with torch.no_grad():
-        signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
-    tags = {STUDY_UUID_TAG: study_uuid, TRIAL_NUMBER_TAG: str(trial.number)}
-    logged = create_logged_model(client, run_id, tags)
-    with tracking_uri(uri), warnings.catch_warnings():
+        signature = infer_signature(example, source.model(torch.from_numpy(example)).numpy())
+    logged = create_logged_model(client, source.run_id, source.tags)
+    with tracking_uri(uri), warnings.catch_warnings(), mlflow_events_silenced():
         warnings.simplefilter("ignore")  # pickle-format and pip-version advice on every call
         info = mlflow.pytorch.log_model(
-            model,
+            source.model,
             model_id=logged.model_id,
-            run_id=run_id,  # the run's outputs list the model
+            run_id=source.run_id,  # the run's outputs list the model
             signature=signature,
             input_example=example,
             registered_model_name=name,
@@ -138,13 +299,7 @@ def log_best_model(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     version = str(info.registered_model_version)
-    for key, value in tags.items():
+    for key, value in source.tags.items():
         client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(
-        name,
-        version,
-        description=f"trial {trial.number}: batch size {trial.params.get('batch_size')}, lr "
-        f"{trial.params.get('lr', float('nan')):.4g}, best validation accuracy "
-        f"{trial.user_attrs['best_val_accuracy']:.4f}",
-    )
+    client.update_model_version(name, version, description=source.description)
     return version

@@ -11,6 +11,8 @@ joined to it, so the figures describe the whole study, whichever worker prints t
 from __future__ import annotations
 
 import math
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,11 @@ import optuna
 import pandas as pd
 
 from experiments.config import Stores, SweepConfig
+from experiments.model_registry import (
+    best_trial_with_weights,
+    refit_record,
+    registered_model_name,
+)
 from experiments.results import (
     best_per_batch_size_markdown,
     best_per_batch_size_text,
@@ -122,7 +129,25 @@ def _best_lines(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:
         f"best trial {int(top['trial_number'])}: batch size {int(top['batch_size'])}, lr "
         f"{top['lr']:.4g} -> best val accuracy {top['best_val_accuracy']:.4f}; test "
         f"accuracy {top['test_accuracy_at_best_val']:.4f} at that epoch, "
-        f"{top['final_test_accuracy']:.4f} after the last epoch"
+        f"{top['final_test_accuracy']:.4f} after the last epoch",
+        *_refit_lines(outcome),
+    ]
+
+
+def _refit_lines(outcome: SweepOutcome) -> list[str]:
+    """The registered model: the best trial refit on train + validation, or its own weights."""
+    name = registered_model_name(outcome.study_name)
+    best = best_trial_with_weights(outcome.study)
+    if best is None:
+        return []
+    record = refit_record(outcome.study, best)
+    if record is None:
+        return [f"registered model {name}: trial {best.number}'s own weights (no refit)"]
+    return [
+        f"refit of trial {best.number} on train + validation ({record['train_examples']:,} "
+        f"images, seed {record['seed']}): test accuracy {record['test_accuracy']:.4f}, beside "
+        f"the trial's {record['trial_test_accuracy']:.4f} on {record['trial_train_examples']:,}; "
+        f"registered as {name}"
     ]
 
 
@@ -166,7 +191,11 @@ def _tracking_line(outcome: SweepOutcome) -> list[str]:
 
 
 def _export_command(outcome: SweepOutcome, sweep: SweepConfig) -> str:
-    command = f"python -m experiments.export --study-name {outcome.study_name}"
+    # The interpreter this sweep ran under, by its full path: pasted into a shell without the
+    # venv on PATH, `python` is the system's, which has none of our packages.
+    command = (
+        f"{shlex.quote(sys.executable)} -m experiments.export --study-name {outcome.study_name}"
+    )
     if sweep.storage != DEFAULT_OPTUNA_STORAGE:
         command += f" --storage {display_url(sweep.storage)}"
     if sweep.tracking_uri != DEFAULT_TRACKING_URI:

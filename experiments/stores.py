@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
 import sys
 import urllib.error
 import urllib.parse
@@ -270,9 +269,7 @@ def mlflow_ui_command(tracking_uri: str) -> str:
 
 
 def mlflow_executable() -> str:
-    """`mlflow` if that is the one on PATH, else the full path of this environment's one."""
+    """This environment's `mlflow` by its full path, so the command also runs in a shell whose
+    PATH lacks the venv; `mlflow` where this environment has none."""
     beside_python = Path(sys.executable).parent / "mlflow"
-    on_path = shutil.which("mlflow")
-    if beside_python.exists() and (on_path is None or Path(on_path) != beside_python):
-        return str(beside_python)
-    return "mlflow"
+    return str(beside_python) if beside_python.exists() else "mlflow"

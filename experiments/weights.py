@@ -52,6 +52,12 @@ def model_of_trial(trial: FrozenTrial) -> nn.Module | None:
     if not encoded:
         return None
     settings = trial.user_attrs.get("settings") or {}
-    model = build_model(str(settings.get("model", "logits")), seed=0)
+    return model_from_weights(encoded, str(settings.get("model", "logits")))
+
+
+def model_from_weights(encoded: dict[str, object], model_name: str) -> nn.Module:
+    """A `model_name` model holding the `encode_weights` value `encoded`, on the CPU, in eval
+    mode."""
+    model = build_model(model_name, seed=0)
     model.load_state_dict(decode_weights(encoded))
     return model.eval()

@@ -31,6 +31,7 @@ from experiments.locks import store_lock
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.objective import Objective
 from experiments.population_trials import PopulationTrials
+from experiments.refit import ensure_refit
 from experiments.report import SweepOutcome, study_metrics, write_study_artifacts
 from experiments.results import best_per_batch_size, trials_table
 from experiments.study import (
@@ -153,11 +154,19 @@ def study_outcome(
 
 
 def finish_parent_if_last(
-    study: optuna.Study, mirror: Mirror, registry: WorkerRegistry, outcome: SweepOutcome
+    study: optuna.Study,
+    mirror: Mirror,
+    registry: WorkerRegistry,
+    outcome: SweepOutcome,
+    objective: Objective,
 ) -> None:
-    """The last worker of the study closes its parent run with a summary of the whole study."""
+    """The last worker of the study refits its best trial (unless --no-refit), then closes its
+    parent run with a summary of the whole study."""
     if registry.others_alive():
         return
+    if objective.sweep.refit:
+        ensure_refit(study, objective.data, objective.train_config, mirror.stores.optuna_url,
+                     mirror.log)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
         outcome.notes += write_study_artifacts(
             study, outcome.trials, outcome.best_per_batch_size, Path(folder)
@@ -258,5 +267,5 @@ def run_sweep(
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
     mirror.reconcile(study)
     outcome = study_outcome(study, mirror, tracker.own_states, trial_seconds, started, notes)
-    finish_parent_if_last(study, mirror, registry, outcome)
+    finish_parent_if_last(study, mirror, registry, outcome, objective)
     return outcome

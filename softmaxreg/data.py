@@ -158,6 +158,13 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.tobytes()
 
 
+def file_mode_from_umask() -> int:
+    """0666 less the process's umask: the mode `open()` gives a new file."""
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees either the old file or the whole new one.
 
@@ -167,6 +174,9 @@ def write_atomically(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates the file 0600 whatever the umask; give it the mode open() would, so
+        # others read what a colleague fetched or exported on a shared machine (umask 022).
+        os.fchmod(handle, file_mode_from_umask())
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -379,6 +389,11 @@ SOURCES: dict[str, Source] = {
 }
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:limit]
+
+
 def ensure_raw_files(
     spec: DatasetSpec | str,
     root: str | os.PathLike[str] | None = None,
@@ -400,14 +415,20 @@ def ensure_raw_files(
     for name in present:  # a bad file already there is reported, never overwritten
         verify_raw_file(spec, raw_dir / name)
     attempts: list[str] = []
-    for source_name in sources:
+    say = log or (lambda _: None)
+    missing = len(RAW_FILES) - len(present)
+    say(f"fetching {spec.name} into {raw_dir} ({missing} of {len(RAW_FILES)} files missing)")
+    for number, source_name in enumerate(sources, start=1):
         try:
-            if log is not None:
-                log(f"fetching {spec.name} into {raw_dir} via {source_name}")
             SOURCES[source_name](spec, raw_dir)
-            return raw_dir, verify_raw_files(spec, raw_dir)
+            checksum = verify_raw_files(spec, raw_dir)
         except DataError as error:
             attempts.append(f"  - {source_name}: {error}")
+            then = f"; trying {sources[number]}" if number < len(sources) else ""
+            say(f"  {source_name}: failed: {first_line(error)}{then}")
+            continue
+        say(f"  {source_name}: got the files; sizes and MD5s verified")
+        return raw_dir, checksum
     raise DataError(
         f"could not get {spec.name} into {raw_dir}; tried:\n" + "\n".join(attempts) + "\n"
         f"Put the four IDX files (or their .gz) in {raw_dir}, or set --data-root / "

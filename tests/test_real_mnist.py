@@ -1,4 +1,4 @@
-"""End to end on the real MNIST files (the verified copy under ../shared/data; skipped without it).
+"""End to end on the real MNIST files (fetched and verified into the test cache, see conftest).
 
 The issue asks that the tutorial's settings (batch 100, lr 0.1, 10 epochs, plain SGD) reach
 >= 0.92 test accuracy with logits. Measured on this split (55k train / 5k val, seeds 0-9):

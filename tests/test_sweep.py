@@ -82,7 +82,7 @@ def child_runs(client: MlflowClient, experiment_name: str) -> dict[int, object]:
 def runs_by_role(client: MlflowClient, experiment_name: str) -> dict[str, list]:
     experiment = client.get_experiment_by_name(experiment_name)
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    grouped: dict[str, list] = {"study": [], "trial": []}
+    grouped: dict[str, list] = {"study": [], "trial": [], "refit": []}
     for run in runs:
         grouped[run.data.tags["softmaxreg.role"]].append(run)
     return grouped
@@ -100,6 +100,11 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     assert parent.info.status == "FINISHED"
     children = runs["trial"]
     assert sorted(r.info.run_name.split()[0] for r in children) == ["trial-0", "trial-1", "trial-2"]
+    (refit,) = runs["refit"]  # the best trial trained again on train + validation
+    assert refit.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert refit.data.params["train_examples"] == str(
+        len(synthetic_splits.train_y) + len(synthetic_splits.val_y)
+    )
 
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
     assert len(study.trials) == 3

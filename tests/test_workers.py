@@ -50,11 +50,12 @@ keeps --epochs, --batch-sizes and --lr-range for life, so its resumes give them 
 
 
 def sweep_args(data_root: Path, *extra: str) -> list[str]:
-    """Small, fast trials on real MNIST: 1,000 training examples, 2 epochs, no pruning."""
+    """Small, fast trials on real MNIST: 1,000 training examples, 2 epochs, no pruning, no
+    refit (on 60,000 images it would outlast the trials; the two-workers test turns it on)."""
     return [
         "--study-name", "workers", "--epochs", "2", "--batch-sizes", "32", "128",
         "--lr-range", "0.05", "1", "--pruner", "none", "--val-size", "59000",
-        "--data-root", str(data_root), "--device", "cpu", "--quiet", *extra,
+        "--data-root", str(data_root), "--device", "cpu", "--quiet", "--no-refit", *extra,
     ]  # fmt: skip
 
 
@@ -148,7 +149,7 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         folder = tmp_path / f"attempt-{attempt}"
         folder.mkdir()
         code, out, err = finish(start(folder, sweep_args(real_mnist_root, "--n-trials", "6",
-                                                         "--workers", "2")))  # fmt: skip
+                                                         "--workers", "2", "--refit")))  # fmt: skip
         assert code == 0, err
         assert "worker 0 (exit 0): this run: 3 trials" in out
         assert "worker 1 (exit 0): this run: 3 trials" in out
@@ -156,6 +157,16 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         assert sorted(t.user_attrs["worker"] for t in study.trials) == [0, 0, 0, 1, 1, 1]
         assert len({(t.params["batch_size"], t.params["lr"]) for t in study.trials}) == 6
         assert_study_mirrored(study, MlflowClient(f"sqlite:///{folder}/mlflow.db"), trials=6)
+        # Both workers end near-simultaneously, then the command reconciles: the best model is
+        # refit and registered once, from the refit's run, whichever of them got there first.
+        uri = f"sqlite:///{folder}/mlflow.db"
+        client = MlflowClient(uri, registry_uri=uri)
+        (version,) = client.search_model_versions("name = 'workers-best'")
+        run = client.get_run(version.run_id)
+        assert run.data.tags["softmaxreg.role"] == "refit"
+        assert run.data.params["train_examples"] == "60000"
+        assert out.count("refit of trial") == 1  # the command's report, not the workers'
+        assert err.count("refit: trial") == 1  # one refit trained
 
 
 def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):

@@ -1,0 +1,127 @@
+"""A new user's first hour, as they would live it: a plain shell, umask 022, a folder of their own.
+
+The sweep runs from a shell whose PATH has no venv (`/usr/bin:/bin`), on real MNIST `.gz` files
+its own fetch unpacks; then every command it prints at the end is run exactly as printed, in
+the same kind of shell: the export (must exit 0 and write its tables) and the MLflow UI (must
+answer on its port, which `mlflow ui` reads from `$MLFLOW_PORT`, so no other server is hit).
+Every file the three wrote must be readable by group and others, and a git working copy holding
+the project's .gitignore must see none of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from softmaxreg.data import DATA_ENV_VAR, DATASETS
+from tests.services import STARTUP_SECONDS, free_port
+
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PLAIN_PATH = "/usr/bin:/bin"
+COMMAND_TIMEOUT = 600
+
+
+def plain_env(**extra: str) -> dict[str, str]:
+    """A shell without the venv. PYTHONPATH names this checkout: the venv's editable install may
+    point at another one (a worktree), and the commands must run this code."""
+    keep = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "TMPDIR", "USER")}
+    return {**keep, "PATH": PLAIN_PATH, "PYTHONPATH": str(REPO_ROOT), **extra}
+
+
+def in_plain_shell(command: str, cwd: Path, **popen) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["/bin/sh", "-c", f"umask 022 && {command}"],
+        cwd=cwd,
+        env=popen.pop("env", None) or plain_env(),
+        text=True,
+        **popen,
+    )
+
+
+def run_plain(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    process = in_plain_shell(command, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = process.communicate(timeout=COMMAND_TIMEOUT)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def printed(out: str, label: str) -> str:
+    (line,) = [line for line in out.splitlines() if line.startswith(label)]
+    return line.removeprefix(label).strip()
+
+
+def answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def run_ui_until_it_answers(command: str, cwd: Path) -> None:
+    port = free_port()
+    process = in_plain_shell(
+        command, cwd, env=plain_env(MLFLOW_PORT=str(port)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not answers(port):
+            assert process.poll() is None, f"{command!r} exited: {process.stderr.read()}"
+            assert time.monotonic() < deadline, f"{command!r} not answering on {port}"
+            time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def unreadable_files(folder: Path) -> list[str]:
+    return [
+        f"{path.relative_to(folder)} {stat.filemode(path.stat().st_mode)}"
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and (path.stat().st_mode & 0o044) != 0o044
+    ]
+
+
+def test_printed_commands_run_as_printed_and_what_they_write_is_readable_and_ignored(
+    mnist_gz_folder, tmp_path
+):
+    raw_dir = DATASETS["mnist"].raw_dir(tmp_path / "data")
+    raw_dir.mkdir(parents=True)
+    for packed in mnist_gz_folder.iterdir():
+        shutil.copyfile(packed, raw_dir / packed.name)
+    assert DATA_ENV_VAR not in plain_env()  # the sweep's default data root: ./data
+
+    sweep = run_plain(
+        f"{sys.executable} -m experiments.sweep --n-trials 2 --epochs 1 --batch-sizes 256 "
+        "--val-size 55000 --pruner none --device cpu --quiet",
+        tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    assert len(list(raw_dir.glob("*-ubyte"))) == 4  # unpacked by the sweep's own fetch
+
+    export = run_plain(printed(sweep.stdout, "export the table:"), tmp_path)
+    assert export.returncode == 0, export.stderr
+    for suffix in (".csv", "_best_per_batch_size.csv", "_best_per_batch_size.md"):
+        assert (tmp_path / f"results{suffix}").stat().st_size > 0, suffix
+    run_ui_until_it_answers(printed(sweep.stdout, "compare the runs:"), tmp_path)
+
+    assert unreadable_files(tmp_path) == []
+    shutil.copyfile(REPO_ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert status == ["?? .gitignore"]
