@@ -9,8 +9,11 @@ from typing import Any
 import torch
 
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
-from softmaxreg.config import DataConfig
+from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.data import DataError, DataSplits, load_splits
+
+# --help's group titles, the same in every entry point (the sweep adds what is shared by trials).
+GROUP_TITLES: dict[type, str] = {TrainConfig: "training", DataConfig: "data"}
 
 
 def parse_configs(
@@ -21,7 +24,7 @@ def parse_configs(
     Unknown flags and invalid values end the process with status 2 and a message naming the flag.
     """
     for cls in classes:
-        add_dataclass_arguments(parser, cls)
+        add_dataclass_arguments(parser, cls, title=GROUP_TITLES.get(cls))
     args = parser.parse_args(argv)
     return tuple(dataclass_from_args(parser, cls, args) for cls in classes)
 

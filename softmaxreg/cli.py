@@ -95,7 +95,9 @@ def add_dataclass_arguments(
             default = field.default_factory()
         shown_default = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = docs.get(field.name, "")
-        help_text = f"{help_text} (default: {shown_default!s})" if help_text else None
+        if help_text and shown_default != "":  # an empty default is explained by the docstring
+            help_text = f"{help_text} (default: {shown_default!s})"
+        help_text = help_text or None
         if help_text is not None:
             help_text = help_text.replace("%", "%%")  # argparse %-formats help strings
         metavar = None

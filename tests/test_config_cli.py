@@ -151,6 +151,10 @@ def test_help_shows_every_field_docstring_and_its_true_default(help_text, cls):
         assert flag in entries, f"{flag} not in --help"
         assert docs[field.name] in entries[flag], f"{flag}: docstring missing from --help"
         shown = re.search(r"\(default: ([^)]*)\)$", entries[flag])
+        if field.default in ("", ()):  # no "(default: )": the docstring says what empty means
+            assert shown is None, f"{flag}: --help shows an empty default"
+            assert "mpty" in docs[field.name], f"{flag}: its docstring does not explain empty"
+            continue
         assert shown is not None, f"{flag}: no default shown"
         assert shown.group(1) == str(field.default), f"{flag}: --help shows another default"
 

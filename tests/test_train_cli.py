@@ -130,3 +130,17 @@ def test_one_epoch_on_real_mnist_prints_the_table(real_mnist_root, capsys):
     assert float(seconds) > 0
     assert lines[3].startswith("final test accuracy ")
     assert "epochs" in captured.err  # the progress bar goes to stderr
+
+
+def test_help_groups_are_titled_as_in_the_sweep(capsys):
+    """train's --help groups read like the sweep's ("training", "data"), not class names."""
+    from experiments import sweep as sweep_entry
+
+    titles = {}
+    for name, entry in (("train", train_entry), ("sweep", sweep_entry)):
+        with pytest.raises(SystemExit):
+            entry.main(["--help"])
+        titles[name] = {line for line in capsys.readouterr().out.splitlines() if line[:1].isalpha()}
+    assert {"training:", "data:"} <= titles["train"]
+    assert "data:" in titles["sweep"]
+    assert not any("Config" in title for title in titles["train"] | titles["sweep"])
