@@ -18,6 +18,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from experiments.config import Stores, SweepConfig
 from experiments.model_registry import (
@@ -232,3 +233,18 @@ def format_report(outcome: SweepOutcome, sweep: SweepConfig, stores: Stores) -> 
         f"export the table:  {_export_command(outcome, sweep)}",
     ]
     return "\n".join(lines)
+
+
+def opening_line(study: optuna.Study) -> str:
+    """What a worker says as it starts: a new study, or what the resumed one holds already.
+
+    Counted in the storage (four counts), not by reading every trial of a large study."""
+    storage, study_id = study._storage, study._study_id
+    total = storage.get_n_trials(study_id)
+    if total == 0:
+        return f"new study {study.study_name}"
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    counts = ", ".join(
+        f"{storage.get_n_trials(study_id, state)} {state.name.lower()}" for state in states
+    )
+    return f"resuming study {study.study_name}: {total} trials so far ({counts})"

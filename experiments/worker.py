@@ -32,7 +32,12 @@ from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.objective import Objective
 from experiments.population_trials import PopulationTrials
 from experiments.refit import ensure_refit
-from experiments.report import SweepOutcome, study_metrics, write_study_artifacts
+from experiments.report import (
+    SweepOutcome,
+    opening_line,
+    study_metrics,
+    write_study_artifacts,
+)
 from experiments.results import best_per_batch_size, trials_table
 from experiments.study import (
     OPTUNA_SCHEMA_LOCK,
@@ -227,6 +232,7 @@ def run_sweep(
     study, mirror, notes = open_study_and_mirror(
         sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config
     )
+    log(opening_line(study))
     registry = WorkerRegistry(study, sweep.worker_id, sweep)
     registry.start()
     n_trials = trials_to_run(study, sweep, sweep.n_trials)

@@ -90,7 +90,9 @@ def runs_by_role(client: MlflowClient, experiment_name: str) -> dict[str, list]:
 
 def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthetic_splits):
     config = sweep_config(stores)
-    outcome = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    said: list[str] = []
+    outcome = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=said.append)
+    assert said[0] == "new study test-study"
 
     client = MlflowClient(stores["tracking_uri"])
     runs = runs_by_role(client, "test-study")
@@ -173,7 +175,9 @@ def test_sweep_logs_one_parent_and_a_child_per_trial_then_resumes(stores, synthe
     assert 0 < outcome.trial_seconds < outcome.wall_seconds
 
     # Same name again: the study resumes, the parent run is reused, trial numbers go on.
-    second = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    said.clear()
+    second = run_sweep(config, CPU, DataConfig(), synthetic_splits, log=said.append)
+    assert said[0].startswith("resuming study test-study: 3 trials so far (3 complete, ")
     assert second.parent_run_id == outcome.parent_run_id
     assert second.new_trials == 3
     runs = runs_by_role(client, "test-study")
