@@ -210,6 +210,10 @@ class Settings:
     """--population values of that sweep, each against --population 1."""
     population_sweep_rounds: int
     """Rounds of one run per mode, the order reversed every other round; medians are compared."""
+    startup_rounds: int
+    """Alternated rounds of a 1-trial sweep and the bare imports it is measured against."""
+    startup_workers: tuple[int, ...]
+    """`--workers` counts whose summed memory the startup section samples (none: skipped)."""
 
 
 FULL = Settings(
@@ -250,6 +254,8 @@ FULL = Settings(
     population_sweep_epochs=10,
     population_sweep_sizes=(8, 16),
     population_sweep_rounds=1,
+    startup_rounds=3,
+    startup_workers=(1, 2, 4),
 )
 
 QUICK = Settings(
@@ -288,6 +294,8 @@ QUICK = Settings(
     population_sweep_epochs=2,
     population_sweep_sizes=(4,),
     population_sweep_rounds=1,
+    startup_rounds=1,
+    startup_workers=(1, 2),
 )
 
 # Every headline figure of the full run, at sizes for ~10 minutes here, with >= 3 rounds or seeds
@@ -308,10 +316,12 @@ STANDARD = dataclasses.replace(
     sklearn_cs=(0.01,),
     contention_examples=1000,
     contention_rounds=3,
-    contention_min_seconds=0.3,
+    contention_min_seconds=0.2,
     population_sizes="standard",
     population_sweep_trials=12,
     population_sweep_epochs=4,
     population_sweep_sizes=(16,),
     population_sweep_rounds=2,
+    # Workers' memory is a figure of the full run: three more sweeps would pass 12 minutes.
+    startup_workers=(),
 )

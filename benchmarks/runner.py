@@ -119,7 +119,11 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     cost["population_sweep"] = s.population_sweep_rounds * (
         20 * modes + 0.2 * epochs * (1 + len(s.population_sweep_sizes) / 3)
     )
-    cost["startup"] = 4 * 12 + 3 * 15  # 4 one-trial sweeps and 3 bare imports; 1/2/4 workers
+    # Per round a 1-trial sweep (~15 s) and the bare imports (~5 s), a cold sweep first; then
+    # a sweep of 4 two-epoch trials per worker for each memory figure.
+    cost["startup"] = (
+        16 + 20 * s.startup_rounds + sum(12 + 3 * workers for workers in s.startup_workers)
+    )
     return 15 + sum(cost[name] * MEASURED_FACTOR.get(name, 1.0) for name in sections)
 
 
