@@ -132,6 +132,8 @@ const images = Array.from(document.images).filter(i => i.complete && i.naturalWi
 Promise.all(images.map(i => fetch(i.src).then(r => r.blob()).then(b => b.size)))
   .then(done, () => done([]));
 """
+# The parent, one run per trial, and the refit of the best trial (which holds the model).
+RUNS = TRIALS + 2
 UNFOLD = (By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
 MODELS_CELL = "[row-id='{}'] [col-id='attributes.`Models`']"
 ASSISTANT_CLOSE = "button[data-component-id='mlflow.assistant.chat_panel.close']"
@@ -174,17 +176,18 @@ def choose(driver, selector_id: str, option: str) -> None:
 def test_the_runs_table_shows_each_trial_and_the_best_trials_model(served_sweep, browser, tmp_path):
     url, outcome = served_sweep
     children = outcome.trials
-    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", TRIALS + 1)
+    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", RUNS)
     columns = zip(children["trial_number"], children["batch_size"], children["lr"], strict=True)
     wait_for_text(browser, *(f"trial-{n} bs{b} lr{lr:.3g}" for n, b, lr in columns))
 
-    # The registered model's run shows it (name and version) in the Models column; no other.
+    # The registered model's run (the refit's) shows it, name and version, in the Models
+    # column; no trial's run does.
     name = registered_model_name("browser-study")
     (version,) = MlflowClient(url).search_model_versions(f"name = '{name}'")
     best_cell = (By.CSS_SELECTOR, MODELS_CELL.format(version.run_id))
     WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
         expected_conditions.text_to_be_present_in_element(best_cell, name),
-        f"the best trial's run never showed {name} in its Models column",
+        f"the refit run never showed {name} in its Models column",
     )
     assert browser.find_element(*best_cell).text.split() == [name, "v1"]
     for run_id in children["mlflow_run_id"]:
@@ -199,7 +202,7 @@ def test_compare_shows_the_finished_trials_by_the_search_and_the_objective(
     url, outcome = served_sweep
     finished = outcome.trials[outcome.trials["mlflow_status"] == "FINISHED"]
     assert finished["batch_size"].nunique() == 2, "the compared runs should differ in both params"
-    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", TRIALS + 1)
+    open_runs_table(browser, f"{url}/#/experiments/{outcome.experiment_id}", RUNS)
     for run_id in finished["mlflow_run_id"]:  # README step 1: tick the FINISHED child runs
         tick = f"[row-id='{run_id}'] .ag-selection-checkbox .ag-checkbox-input-wrapper"
         WebDriverWait(browser, PAGE_SECONDS, 0.5).until(
