@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from softmaxreg.data_cache import SplitCache, file_stamp
+from softmaxreg.data_cache import SplitCache, file_mode_from_umask, file_stamp
 
 DATA_ENV_VAR = "SOFTMAXREG_DATA"
 DEFAULT_DATA_ROOT = "./data"
@@ -156,13 +156,6 @@ def idx_bytes(array: np.ndarray) -> bytes:
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
     header += struct.pack(f">{array.ndim}I", *array.shape)
     return header + array.tobytes()
-
-
-def file_mode_from_umask() -> int:
-    """0666 less the process's umask: the mode `open()` gives a new file."""
-    mask = os.umask(0o022)  # the only portable way to read it is to set it
-    os.umask(mask)
-    return 0o666 & ~mask
 
 
 def write_atomically(path: Path, data: bytes) -> None:

@@ -46,6 +46,13 @@ def file_stamp(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
+def file_mode_from_umask() -> int:
+    """0666 less the process's umask: the mode `open()` gives a new file."""
+    mask = os.umask(0o022)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def user_cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "softmaxreg"
 
@@ -134,6 +141,7 @@ class SplitCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+            os.fchmod(handle, file_mode_from_umask())  # mkstemp's 0600 would hide it from others
             os.close(handle)
             try:
                 torch.save({"meta": json.dumps(meta), **tensors}, temporary)

@@ -147,3 +147,16 @@ def test_a_read_only_data_folder_caches_under_the_user_cache(folder, tmp_path, m
     assert_same_splits(first, again)
     assert not (raw_dir.parent / CACHE_FOLDER).exists()
     assert list((tmp_path / "user-cache" / "softmaxreg").rglob("*.pt"))
+
+
+def test_the_cache_file_honours_the_umask(folder):
+    """Under umask 022 a colleague on a shared machine can read the cache, as any file open()
+    makes (mkstemp alone would leave it 0600)."""
+    root, raw_dir, spec = folder
+    previous = os.umask(0o022)
+    try:
+        load(spec, root)
+    finally:
+        os.umask(previous)
+    (cache,) = cache_files(raw_dir)
+    assert cache.stat().st_mode & 0o777 == 0o644
