@@ -186,3 +186,15 @@ def wait_for(condition, what: str, timeout: float = 120.0, every: float = 0.05) 
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+def assert_sweep_refuses(argv: list[str], message: str, folder: Path, capsys) -> None:
+    """`python -m experiments.sweep argv`, run in `folder`, exits 2 saying `message` on stderr
+    and creates nothing there (no store, no data folder)."""
+    from experiments.sweep import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(folder.iterdir()) == []

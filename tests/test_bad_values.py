@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from experiments.config import check_train_config
-from experiments.sweep import main, parse_args
+from experiments.sweep import parse_args
 from experiments.train import main as train_main
 from softmaxreg.config import TRAIN_SET_SIZE
 from softmaxreg.data import DATASETS
+from tests.services import assert_sweep_refuses
 
 BAD_VALUES = [
     (["--batch-sizes", "64", "100000"], "--batch-sizes (100000,) is invalid"),
@@ -25,11 +26,7 @@ def test_the_sweep_refuses_values_the_data_cannot_take(
     argv, message, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []  # no store, no data folder
+    assert_sweep_refuses(argv, message, tmp_path, capsys)
 
 
 def test_a_batch_as_large_as_the_training_split_is_accepted():

@@ -27,6 +27,7 @@ from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.population import train_population
 from softmaxreg.trainer import train
+from tests.services import assert_sweep_refuses
 from tests.test_sweep import (
     child_runs,
     enqueue,
@@ -283,11 +284,7 @@ def test_bad_population_flags_exit_2_and_create_nothing(
     argv, message, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert list(tmp_path.iterdir()) == []
+    assert_sweep_refuses(argv, message, tmp_path, capsys)
 
 
 def test_run_sweep_refuses_a_population_of_the_tutorial_model(stores, synthetic_splits):
