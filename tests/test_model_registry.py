@@ -7,7 +7,11 @@ through MLflow's own loaders and must score exactly what its record says.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
@@ -27,6 +31,8 @@ from softmaxreg import train, train_and_validation
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.model import build_model
 from tests.services import copy_mlflow_db
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def accuracy(logits, labels: torch.Tensor) -> float:
@@ -121,6 +127,33 @@ def test_registered_model_loads_and_scores_its_trials_test_accuracy(
     with torch.no_grad():
         rebuilt = model_of_trial(best)(synthetic_splits.test_x.cpu())
     assert torch.equal(rebuilt, logits)
+
+
+LOAD_WITHOUT_OUR_PACKAGE = """
+import importlib.util, sys
+# Neither the checkout nor the editable install may provide softmaxreg: only the model's code.
+sys.path = [p for p in sys.path if p not in ("", sys.argv[2])]
+sys.meta_path = [f for f in sys.meta_path if "editable" not in getattr(f, "__module__", "")]
+assert importlib.util.find_spec("softmaxreg") is None, "softmaxreg importable"
+import mlflow.pytorch, torch
+model = mlflow.pytorch.load_model(sys.argv[1])
+print(type(model).__module__, tuple(model(torch.zeros(3, 784)).shape))
+"""
+
+
+def test_the_registered_model_loads_where_softmaxreg_is_not_installed(swept, tmp_path):
+    """The model carries the library's code (pickled, with MLflow's code_paths): a consumer
+    needs torch and mlflow, not our package."""
+    config, _ = swept
+    name = registered_model_name("model-study")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": config.tracking_uri,
+           "MLFLOW_REGISTRY_URI": config.tracking_uri, "PYTHONPATH": ""}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_OUR_PACKAGE, f"models:/{name}/1", str(REPO_ROOT)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["softmaxreg.model", "(3,", "10)"]
 
 
 def test_reconcile_registers_a_missing_model_once(swept):
