@@ -210,6 +210,12 @@ class Settings:
     """--population values of that sweep, each against --population 1."""
     population_sweep_rounds: int
     """Rounds of one run per mode, the order reversed every other round; medians are compared."""
+    limit_trials: int
+    """Random trials of the study the sweep-workers section runs with 1 and 2 workers."""
+    limit_epochs: int
+    """Epochs per trial of that study (no pruning: every trial trains them all)."""
+    limit_probe_seconds: float
+    """Seconds each matmul-rate probe runs per shape (`benchmarks.matmul_limit`)."""
     startup_rounds: int
     """Alternated rounds of a 1-trial sweep and the bare imports it is measured against."""
     startup_workers: tuple[int, ...]
@@ -254,6 +260,9 @@ FULL = Settings(
     population_sweep_epochs=10,
     population_sweep_sizes=(8, 16),
     population_sweep_rounds=1,
+    limit_trials=100,
+    limit_epochs=10,
+    limit_probe_seconds=1.5,
     startup_rounds=3,
     startup_workers=(1, 2, 4),
 )
@@ -294,6 +303,9 @@ QUICK = Settings(
     population_sweep_epochs=2,
     population_sweep_sizes=(4,),
     population_sweep_rounds=1,
+    limit_trials=4,
+    limit_epochs=1,
+    limit_probe_seconds=0.2,
     startup_rounds=1,
     startup_workers=(1, 2),
 )
@@ -322,6 +334,11 @@ STANDARD = dataclasses.replace(
     population_sweep_epochs=4,
     population_sweep_sizes=(16,),
     population_sweep_rounds=2,
+    # The sweep against the limit at an eighth of the full study's trial-epochs: the same
+    # shapes and batch-size mix, three population passes per run.
+    limit_trials=24,
+    limit_epochs=5,
+    limit_probe_seconds=0.5,
     # Workers' memory is a figure of the full run: three more sweeps would pass 12 minutes.
     startup_workers=(),
 )

@@ -83,9 +83,11 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
         "tracking_overhead": 2 * s.tracking_repeats * s.tracking_epochs * bs100 + 3,
         # A default sweep (40 trials, 10 epochs, some pruned) takes about two minutes here.
         "sweep_throughput": (s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.3 + 5,
-        # Four runs of the same sweep as processes (1, 2, 2, 1 workers): start-up included.
-        "sweep_workers": 4
-        * ((s.sweep_trials or 40) * (s.sweep_epochs_per_trial or 10) * 0.25 + 15),
+        # Four runs of the same sweep as processes (1, 2, 2, 1 workers, ~0.07 s per trial-epoch
+        # on average, ~15 s of start-up, refit and report), and two passes of the matmul probes
+        # (~4 s of start-up, then 5 shapes timed with 1 and with all processes).
+        "sweep_workers": 4 * (s.limit_trials * s.limit_epochs * 0.07 + 15)
+        + 2 * (4 + 5 * 2 * (s.limit_probe_seconds + 0.1)),
     }
     cost["fashion_mnist"] = cost["time_to_accuracy"]
     # A population of K costs about K / 3 separate epochs (benchmarks.population); lbfgs fits
@@ -134,7 +136,6 @@ MEASURED_FACTOR = {
     "tutorial_bug": 1.9,
     "tracking_overhead": 1.8,
     "sweep_throughput": 0.33,
-    "sweep_workers": 0.62,
     "fashion_mnist": 2.0,
     "accuracy_ceiling": 1.45,
     "contention": 4.5,
