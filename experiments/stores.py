@@ -289,7 +289,9 @@ def absolute_sqlite_url(url: str) -> str:
 def mlflow_ui_command(tracking_uri: str) -> str:
     """The exact command that opens the MLflow UI on `tracking_uri`."""
     if is_server_uri(tracking_uri):
-        return f"open {tracking_uri} in a browser (the MLflow server is already running)"
+        return (
+            f"open {display_url(tracking_uri)} in a browser (the MLflow server is already running)"
+        )
     store = display_url(absolute_sqlite_url(tracking_uri))
     return f"{mlflow_executable()} ui --backend-store-uri {store}"
 
