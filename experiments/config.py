@@ -334,9 +334,9 @@ class Stores:
         require(
             not same_database(stores.optuna_url, stores.tracking_uri),
             "tracking_uri",
-            sweep.tracking_uri,
-            f"a different database from --storage {sweep.storage} (Optuna and MLflow both "
-            "keep an alembic_version table, so they cannot share one)",
+            display_url(sweep.tracking_uri),
+            f"a different database from --storage {display_url(sweep.storage)} (Optuna and "
+            "MLflow both keep an alembic_version table, so they cannot share one)",
         )
         return stores
 

@@ -100,6 +100,7 @@ from experiments.results import (
 from experiments.stores import (
     DEFAULT_OPTUNA_STORAGE,
     DEFAULT_TRACKING_URI,
+    ServerRefused,
     StoreError,
     absolute_sqlite_url,
     check_optuna_storage,
@@ -181,7 +182,7 @@ class ExportError(RuntimeError):
 def load_study(config: ExportConfig) -> optuna.Study:
     """The study to export, without creating any store to find out it is not there."""
     if not store_exists(config.storage):
-        raise ExportError(f"--storage {config.storage}: no such database file")
+        raise ExportError(f"--storage {display_url(config.storage)}: no such database file")
     storage = open_storage(normalise_sql_url(absolute_sqlite_url(config.storage)), read_only=True)
     names = sorted(s.study_name for s in storage.get_all_studies())
     if config.study_name not in names:
@@ -206,7 +207,9 @@ def check_export(config: ExportConfig) -> None:
     check_optuna_storage(config.storage, "--storage", writable=False)
     check_tracking_uri(config.tracking_uri, "--tracking-uri", writable=False)
     if not store_exists(config.tracking_uri):
-        raise ExportError(f"--tracking-uri {config.tracking_uri}: no such database file")
+        raise ExportError(
+            f"--tracking-uri {display_url(config.tracking_uri)}: no such database file"
+        )
 
 
 def export_study(config: ExportConfig) -> Export:
@@ -247,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         export = export_study(config)
+    except ServerRefused as error:  # one line: nothing about the flags is wrong
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     except (StoreError, ExportError) as error:
         parser.error(str(error))
     for note in export.notes:

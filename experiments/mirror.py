@@ -39,8 +39,10 @@ from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
     INVALID_PARAMETER_VALUE,
+    PERMISSION_DENIED,
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
+    UNAUTHENTICATED,
     ErrorCode,
 )
 from optuna.exceptions import ExperimentalWarning
@@ -63,6 +65,7 @@ from experiments.run_record import (
     trial_run_name,
     trial_tags,
 )
+from experiments.stores import CREDENTIAL_VARIABLES
 from experiments.study import study_lock_name
 from experiments.tracking import (
     ROLE_TAG,
@@ -78,6 +81,9 @@ NOT_TRANSIENT = {
     ErrorCode.Name(code)
     for code in (INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST)
 }
+# A server that refuses the login (a password changed mid-sweep) or the user (no permission on
+# another user's experiment) will not change its mind in a minute: stop now, not after a wait.
+REFUSED = {ErrorCode.Name(code) for code in (UNAUTHENTICATED, PERMISSION_DENIED)}
 RETRY_PAUSE_SECONDS = 2.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -163,6 +169,12 @@ class Mirror:
             except MlflowException as error:
                 if error.error_code in NOT_TRANSIENT:
                     raise
+                if error.error_code in REFUSED:
+                    raise TrackingUnavailable(
+                        f"tracking store {self.stores.shown()[1]} refused the request "
+                        f"({str(error).splitlines()[0][:200]}); check {CREDENTIAL_VARIABLES} "
+                        "and the user's permissions on the experiment"
+                    ) from error
                 last = error
             except (OSError, ConnectionError, TimeoutError) as error:
                 last = error

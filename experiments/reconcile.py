@@ -26,7 +26,12 @@ import optuna
 from experiments.config import Stores, SweepConfig
 from experiments.locks import store_lock
 from experiments.mirror import Mirror, TrackingUnavailable
-from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
+from experiments.stores import (
+    ServerRefused,
+    StoreError,
+    check_optuna_storage,
+    check_tracking_uri,
+)
 from experiments.study import OPTUNA_SCHEMA_LOCK, find_study
 from experiments.workers import live_workers
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
@@ -99,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_optuna_storage(stores.optuna_url, "--storage")
         check_tracking_uri(stores.tracking_uri, "--tracking-uri")
         _, trials, repaired = reconcile_study(sweep, log=lambda m: print(m, file=sys.stderr))
+    except ServerRefused as error:  # one line: nothing about the flags is wrong
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     except (StoreError, ConfigError) as error:
         parser.error(str(error))
     except TrackingUnavailable as error:

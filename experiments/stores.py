@@ -11,10 +11,12 @@ Both stores are checked *before* anything is created, and the checks create noth
   later, whole or not at all, only once the sweep really starts;
 - any other SQL URL (PostgreSQL, MySQL, ...) must accept a connection within
   `CONNECT_TIMEOUT_SECONDS`, through a driver that is installed;
-- an MLflow tracking server (`http://`, `https://`) must answer its `/health` endpoint.
+- an MLflow tracking server (`http://`, `https://`) must answer its `/health` endpoint and
+  accept this process's login (`experiments.tracking_server`); its URL may not carry one.
 
 A failure raises `StoreError` whose message names the flag and what was wrong; the entry points
-turn it into exit status 2. Passwords in URLs are never echoed.
+turn it into exit status 2 (`ServerRefused`: in one line). Passwords in URLs are never echoed:
+every message and tag shows a URL through `display_url`.
 
 `postgresql://` URLs without a driver use psycopg2 in SQLAlchemy. Where only psycopg 3 is
 installed, `normalise_sql_url` rewrites them to `postgresql+psycopg://`, so the plain URL works.
@@ -25,9 +27,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import sqlalchemy
@@ -48,23 +48,31 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 SERVER_SCHEMES = ("http", "https")
 
 
+CREDENTIAL_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+
+
 class StoreError(RuntimeError):
     """A store URL cannot be used; the message names the flag and the reason."""
 
 
+class ServerRefused(StoreError):
+    """The tracking server refuses this process's login or address (exit 2, one line)."""
+
+
 def parse_sql_url(url: str, field_name: str) -> URL:
     """Parse an SQLAlchemy URL or raise `ConfigError` naming `field_name` (no I/O)."""
+    shown = display_url(url)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as error:
         raise ConfigError(
-            f"{field_name}={url!r} is invalid: expected a database URL such as "
+            f"{field_name}={shown!r} is invalid: expected a database URL such as "
             f"sqlite:///optuna.db or postgresql://user@host/db ({error})"
         ) from error
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ConfigError(
-                f"{field_name}={url!r} is invalid: expected a SQLite file such as "
+                f"{field_name}={shown!r} is invalid: expected a SQLite file such as "
                 "sqlite:///file.db (an in-memory database would lose every result when the "
                 "process ends)"
             )
@@ -72,7 +80,7 @@ def parse_sql_url(url: str, field_name: str) -> URL:
         # libpq and friends would silently fill these in from the environment (a local socket,
         # a database named after the user), writing the study somewhere nobody asked for.
         raise ConfigError(
-            f"{field_name}={url!r} is invalid: expected a host and a database name, as in "
+            f"{field_name}={shown!r} is invalid: expected a host and a database name, as in "
             f"{parsed.get_backend_name()}://user@host:port/database"
         )
     return parsed
@@ -82,18 +90,27 @@ def validate_tracking_uri(uri: str, field_name: str) -> None:
     """Syntax check of an MLflow tracking URI: a database URL or an http(s) server (no I/O)."""
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in SERVER_SCHEMES:
+        shown = redact_server_url(uri)
         try:
             parts = urllib.parse.urlsplit(uri)
             host, _ = parts.hostname, parts.port  # .port raises on a malformed port
         except ValueError as error:
             raise ConfigError(
-                f"{field_name}={uri!r} is invalid: expected a server URL such as "
+                f"{field_name}={shown!r} is invalid: expected a server URL such as "
                 f"http://127.0.0.1:5000 ({error})"
             ) from error
         if not host:
             raise ConfigError(
-                f"{field_name}={uri!r} is invalid: expected a server URL with a host, such as "
+                f"{field_name}={shown!r} is invalid: expected a server URL with a host, such as "
                 "http://127.0.0.1:5000"
+            )
+        if parts.username is not None or parts.password is not None:
+            # requests would log in with it over MLflow's own credentials, and a flag lands in
+            # shell history and every process listing.
+            raise ConfigError(
+                f"{field_name}={shown!r} is invalid: a login in the URL lands in shell history "
+                f"and process listings; give {scheme}://{parts.netloc.rsplit('@', 1)[1]} and set "
+                f"{CREDENTIAL_VARIABLES} in the environment instead"
             )
         return
     if scheme.split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
@@ -113,12 +130,26 @@ def is_server_uri(uri: str) -> bool:
 
 def display_url(url: str) -> str:
     """`url` with any password masked, for messages and tags."""
-    if "://" in url and not is_server_uri(url):
+    if is_server_uri(url):
+        return redact_server_url(url)
+    if "://" in url:
         try:
             return make_url(url).render_as_string(hide_password=True)
         except (ArgumentError, ValueError):
-            return url
+            return url.split("://", 1)[0] + "://***"  # unparsable: show nothing that may be secret
     return url
+
+
+def redact_server_url(url: str) -> str:
+    """An http(s) URL with the password of its user info, if any, replaced by `***`. Up to the
+    last `@`, so a password with an unescaped `/` or `@` in it is hidden too."""
+    scheme, _, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    userinfo, host = rest.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0]
+    login = f"{user}:***" if ":" in userinfo else user
+    return f"{scheme}://{login}@{host}"
 
 
 def normalise_sql_url(url: str) -> str:
@@ -231,18 +262,13 @@ def check_optuna_storage(url: str, flag: str = "--storage", writable: bool = Tru
 
 
 def check_tracking_uri(uri: str, flag: str = "--tracking-uri", writable: bool = True) -> None:
-    """Raise `StoreError` unless MLflow can track to `uri` (a database or a live server)."""
+    """Raise `StoreError` unless MLflow can track to `uri` (a database, or a live server that
+    accepts this process's login: `ServerRefused` if not)."""
     if is_server_uri(uri):
-        health = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(health, timeout=CONNECT_TIMEOUT_SECONDS) as response:
-                if response.status != 200:
-                    raise StoreError(f"{flag} {uri}: {health} answered HTTP {response.status}")
-        except (urllib.error.URLError, OSError) as error:
-            raise StoreError(
-                f"{flag} {uri}: no MLflow server answers at {health} ({error}); start one with "
-                "`mlflow server --backend-store-uri sqlite:///mlflow.db`"
-            ) from error
+        # Imported here: the server checks build on this module.
+        from experiments.tracking_server import check_server
+
+        check_server(uri, flag)
         return
     check_sql_url(uri, flag, writable)
     path = sqlite_file(uri)
@@ -263,7 +289,9 @@ def absolute_sqlite_url(url: str) -> str:
 def mlflow_ui_command(tracking_uri: str) -> str:
     """The exact command that opens the MLflow UI on `tracking_uri`."""
     if is_server_uri(tracking_uri):
-        return f"open {tracking_uri} in a browser (the MLflow server is already running)"
+        return (
+            f"open {display_url(tracking_uri)} in a browser (the MLflow server is already running)"
+        )
     store = display_url(absolute_sqlite_url(tracking_uri))
     return f"{mlflow_executable()} ui --backend-store-uri {store}"
 

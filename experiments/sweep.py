@@ -46,7 +46,12 @@ from experiments.report import (
     format_report,
 )
 from experiments.store_files import create_stores_or_exit
-from experiments.stores import StoreError, check_optuna_storage, check_tracking_uri
+from experiments.stores import (
+    ServerRefused,
+    StoreError,
+    check_optuna_storage,
+    check_tracking_uri,
+)
 from experiments.study import (
     SweepError,
     check_resumable,
@@ -187,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stores = check_before_start(sweep, train_config, data_config)
     except ConfigError as error:  # settings that clash between the configs: name the flag
         parser.error(with_flag_names(str(error), {f.name for f in fields(SweepConfig)}))
+    except ServerRefused as error:  # one line: nothing about the flags is wrong
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     except (DeviceUnavailableError, StoreError, SweepError) as error:
         parser.error(str(error))
     if sweep.workers > 1:

@@ -39,6 +39,7 @@ from experiments.report import (
     write_study_artifacts,
 )
 from experiments.results import best_per_batch_size, trials_table
+from experiments.stores import display_url
 from experiments.study import (
     OPTUNA_SCHEMA_LOCK,
     DataIdentity,
@@ -75,6 +76,9 @@ def parent_tags(sweep: SweepConfig, train_config: TrainConfig, data: DataSplits,
         **{f"sweep.{k}": v for k, v in asdict(sweep).items() if k not in ("quiet", "storage")},
         **{f"train.{k}": v for k, v in asdict(train_config).items() if k not in SWEPT_FIELDS},
     }
+    # A URL's password is never recorded: --storage is the optuna.storage tag (normalised),
+    # --tracking-uri as given, both shown without it.
+    settings["sweep.tracking_uri"] = display_url(sweep.tracking_uri)
     return {
         **environment_tags(data),
         "optuna.storage": stores.shown()[0],

@@ -3,6 +3,7 @@
 with MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder) as server:
     server.url          # http://127.0.0.1:<port>
     server.stop(); server.start()   # an outage, then the same server back on the same port
+with basic_auth_server(backend_uri, folder, admin_password) as server:   # logins, host checks
 with postgres_database("optuna") as url:   # a new database, dropped afterwards
     ...
 """
@@ -21,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 
@@ -64,20 +65,31 @@ def server_environment() -> dict[str, str]:
 class MlflowServer:
     """`mlflow server` on 127.0.0.1 with the given backend store; stopped by its process group."""
 
-    def __init__(self, backend_uri: str, folder: Path) -> None:
+    def __init__(
+        self,
+        backend_uri: str,
+        folder: Path,
+        *,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.backend_uri = backend_uri
         self.folder = folder
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = (self.folder / "server.log").open("a")
         self.process = subprocess.Popen(
             [str(MLFLOW), "server", "--backend-store-uri", self.backend_uri,
-             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             *self.extra_args],
             cwd=self.folder,  # artifacts it serves go to ./mlartifacts here
-            env=server_environment(),
+            env={**server_environment(), **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so its workers stop with it
@@ -114,6 +126,36 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+AUTH_CONFIG = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{database}
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+"""The README's auth.ini, its users' database in the server's folder."""
+
+
+def basic_auth_server(backend_uri: str, folder: Path, admin_password: str) -> MlflowServer:
+    """`mlflow server --app-name basic-auth` set up as the README's multi-machine section does:
+    the auth config from a file, the admin's password and Flask's secret key from the
+    environment (never a flag), Host headers and CORS origins limited to its own address."""
+    config = folder / "auth.ini"
+    config.write_text(AUTH_CONFIG.format(database=folder / "basic_auth.db"))
+    port = free_port()
+    return MlflowServer(
+        backend_uri,
+        folder,
+        port=port,
+        extra_args=("--app-name", "basic-auth", "--allowed-hosts", f"127.0.0.1:{port}",
+                    "--cors-allowed-origins", f"http://127.0.0.1:{port}"),
+        env={
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex,
+        },
+    )  # fmt: skip
 
 
 def postgres_reachable() -> str | None:
