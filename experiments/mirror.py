@@ -24,6 +24,7 @@ An unreachable tracking store is retried with a visible message for `wait_second
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -63,6 +64,7 @@ from experiments.run_record import (
     trial_run_name,
     trial_tags,
 )
+from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
 from experiments.study import study_lock_name
 from experiments.tracking import (
     ROLE_TAG,
@@ -84,7 +86,7 @@ EXPERIMENT_KIND = "custom_model_development"
 """MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(StoreFault):
     """The tracking store stayed unreachable for the whole wait."""
 
 
@@ -119,6 +121,10 @@ class Mirror:
         # report prints where the runs are, once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # MLflow's SQL store logs each database error with its traceback, then raises it to
+        # us, and `call` says it in one line (an outage's wait, a full disk): logged, it is
+        # the same fault a second time, dozens of lines long.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.stores = stores
         self.study_name = study_name
         self.study_uuid = study_uuid
@@ -160,14 +166,11 @@ class Mirror:
             try:
                 result = function(*args, **kwargs)
                 break
-            except MlflowException as error:
-                if error.error_code in NOT_TRANSIENT:
-                    raise
-                last = error
-            except (OSError, ConnectionError, TimeoutError) as error:
-                last = error
-            except Exception as error:  # sqlalchemy's OperationalError: a locked or gone DB
-                if type(error).__name__ not in ("OperationalError", "DatabaseError"):
+            except Exception as error:
+                # A full disk (the store's, or the artifacts' under it) is no outage: waiting
+                # frees no space, so it is said at once, naming the path.
+                raise_if_disk_full(error, store_where(self.stores.tracking_uri))
+                if not _transient(error):
                     raise
                 last = error
             waited = time.monotonic() - started
@@ -384,3 +387,13 @@ def _matches(run, trial: FrozenTrial) -> bool:
         run.data.tags.get(DIGEST_TAG) == record_digest(trial)
         and run.info.status == RUN_STATUS_OF_STATE[trial.state]
     )
+
+
+def _transient(error: Exception) -> bool:
+    """An unreachable, locked or failing tracking store, rather than a bug to report at once."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in NOT_TRANSIENT
+    if isinstance(error, (OSError, ConnectionError, TimeoutError)):
+        return True
+    # SQLAlchemy's OperationalError: a locked or gone database (MLflow's SQL store)
+    return type(error).__name__ in ("OperationalError", "DatabaseError")

@@ -31,7 +31,8 @@ from sqlalchemy.pool import NullPool
 
 from experiments.config import SweepConfig
 from experiments.locks import store_lock
-from experiments.stores import sqlite_file, store_exists
+from experiments.store_faults import is_store_failure
+from experiments.stores import connect_args, sqlite_file, store_exists
 from experiments.study_settings import (
     FIXED_SETTINGS_ATTR,
     DataIdentity,
@@ -76,14 +77,36 @@ def _begin_immediate(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then read, then write
 
 
+class SweepStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat outlives a passing outage.
+
+    Optuna's heartbeat thread (and ours, `experiments.population_trials.Heartbeats`) calls
+    `record_heartbeat` every interval; raised there, an outage would end the thread with a
+    traceback and the trial would beat no more, to be failed as stale while it still trains.
+    A missed beat is harmless: the worker's own next write meets the outage and waits for it
+    (`experiments.store_faults`), and an outage outlasting the grace period fails the trial as
+    stale, which is then right."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as error:
+            if not is_store_failure(error):
+                raise
+
+
 def open_storage(
     url: str, sweep: SweepConfig | None = None, read_only: bool = False
 ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on.
     `read_only` (export) takes no write lock, so a file in a read-only folder can be read."""
-    engine_kwargs = {}
+    engine_kwargs: dict[str, object] = {"connect_args": connect_args(url)}
     if sqlite_file(url) is not None:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    else:
+        # Each pooled connection is tested before use: after a database restart (or a proxy's)
+        # the pool's dead connections are replaced instead of failing the next write.
+        engine_kwargs["pool_pre_ping"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat is "experimental"
         liveness: dict[str, object] = {}
@@ -94,7 +117,7 @@ def open_storage(
                 "grace_period": sweep.grace_seconds,
                 "heartbeat_stale_trial_callback": retry if sweep.retries else None,
             }
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+        storage = SweepStorage(url, engine_kwargs=engine_kwargs, **liveness)
     if sqlite_file(url) is not None and not read_only:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         event.listen(storage.engine, "begin", _begin_immediate)

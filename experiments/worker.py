@@ -28,7 +28,7 @@ from tqdm import tqdm
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
-from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.mirror import Mirror
 from experiments.objective import Objective
 from experiments.population_trials import PopulationTrials
 from experiments.refit import ensure_refit
@@ -39,6 +39,7 @@ from experiments.report import (
     write_study_artifacts,
 )
 from experiments.results import best_per_batch_size, trials_table
+from experiments.store_faults import StorageWatch, is_store_failure
 from experiments.study import (
     OPTUNA_SCHEMA_LOCK,
     DataIdentity,
@@ -182,31 +183,61 @@ def finish_parent_if_last(
 
 def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: WorkerRegistry) -> None:
     """After Ctrl-C, a signal or an outage: one try to close this worker's open runs."""
+    registry.abandon()
     try:
         tracker.sync_unsynced(patient=False)
         if not registry.others_alive():
             mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED", patient=False)
-    except TrackingUnavailable:
-        pass  # the next start or `python -m experiments.reconcile` closes them
+    except Exception as error:  # either store out of reach or full
+        if not is_store_failure(error):
+            raise
+        # The next start or `python -m experiments.reconcile` closes them.
 
 
 def run_trials(
-    study: optuna.Study, objective: Objective, tracker: TrialTracker, n_trials: int
+    study: optuna.Study,
+    objective: Objective,
+    tracker: TrialTracker,
+    n_trials: int,
+    timeout: float | None,
 ) -> None:
     """This worker's trials: one at a time through `study.optimize`, or K at a time."""
     sweep = objective.sweep
     if sweep.population > 1:
         trials = PopulationTrials(study, objective, tracker, sweep.population)
-        trials.run(n_trials, timeout=sweep.timeout or None)
+        trials.run(n_trials, timeout=timeout)
         return
     with quiet_failures():
         study.optimize(
-            objective,
-            n_trials=n_trials,
-            timeout=sweep.timeout or None,
-            catch=(TrainingDiverged,),
+            objective, n_trials=n_trials, timeout=timeout, catch=(TrainingDiverged,),
             callbacks=[tracker],
-        )
+        )  # fmt: skip
+
+
+def run_trials_through_outages(
+    study: optuna.Study,
+    objective: Objective,
+    tracker: TrialTracker,
+    n_trials: int,
+    watch: StorageWatch,
+) -> None:
+    """`run_trials`, taken up again after each outage of Optuna's storage that ends within
+    --storage-wait-seconds: the trials this worker held are failed with the reason once the
+    storage answers, and the rest of its share runs. Outlasting the wait raises
+    `StorageUnavailable`, a full disk `DiskFull`."""
+    timeout = objective.sweep.timeout or None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = n_trials - len(tracker.started)
+        left = None if deadline is None else deadline - time.monotonic()
+        if remaining <= 0 or (left is not None and left <= 0):
+            return
+        try:
+            run_trials(study, objective, tracker, remaining, left)
+            return
+        except Exception as error:
+            reason = watch.recover(error)  # raises unless the storage answers again
+        watch.call(tracker.fail_held, f"Optuna's storage was unreachable ({reason})")
 
 
 def run_sweep(
@@ -220,8 +251,10 @@ def run_sweep(
     """Run one worker on the study (creating or resuming it) on preloaded `data`.
 
     Raises `SweepError` before creating anything if the study cannot be resumed as asked,
-    `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds, and
-    KeyboardInterrupt (`Terminated` for SIGTERM/SIGHUP) when interrupted."""
+    `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds,
+    `StorageUnavailable` after one of Optuna's storage outlasting --storage-wait-seconds,
+    `DiskFull` when a write finds no space, and KeyboardInterrupt (`Terminated` for
+    SIGTERM/SIGHUP) when interrupted."""
     started = time.perf_counter()
     check_train_config(sweep, train_config)
     stores = Stores.from_config(sweep)
@@ -229,13 +262,16 @@ def run_sweep(
     device = resolve_device(train_config.device)
     data = data if data.device == device else data.to(device)
     optuna.logging.set_verbosity(logging.WARNING if sweep.quiet else logging.INFO)
-    study, mirror, notes = open_study_and_mirror(
-        sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config
-    )
-    log(opening_line(study))
+    # Every call on Optuna's storage below waits out an outage (--storage-wait-seconds).
+    watch = StorageWatch(stores.optuna_url, wait_seconds=sweep.storage_wait_seconds, log=log)
+    study, mirror, notes = watch.call(
+        open_study_and_mirror,
+        sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config,
+    )  # fmt: skip
+    log(watch.call(opening_line, study))
     registry = WorkerRegistry(study, sweep.worker_id, sweep)
-    registry.start()
-    n_trials = trials_to_run(study, sweep, sweep.n_trials)
+    watch.call(registry.start)
+    n_trials = watch.call(trials_to_run, study, sweep, sweep.n_trials)
     progress = tqdm(
         total=n_trials,
         desc=study_name,
@@ -255,23 +291,24 @@ def run_sweep(
         tracker.on_start,
     )
     try:
-        mirror.reconcile(study)
+        watch.call(mirror.reconcile, study)
         GATE.raise_pending()  # a signal during start-up: no trial starts
         trials_started = time.perf_counter()
-        run_trials(study, objective, tracker, n_trials)
+        run_trials_through_outages(study, objective, tracker, n_trials, watch)
         # Wall time of the loop: members of a population overlap, so their durations do not add.
         trial_seconds = time.perf_counter() - trials_started
         GATE.raise_pending()  # one that came during the last trial's mirror: the parent is KILLED
     except BaseException:
         progress.close()
-        registry.stop()
         close_after_interrupt(mirror, tracker, registry)
         raise
     progress.close()
-    registry.stop()
+    watch.call(registry.stop)
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
-    mirror.reconcile(study)
-    outcome = study_outcome(study, mirror, tracker.own_states, trial_seconds, started, notes)
-    finish_parent_if_last(study, mirror, registry, outcome, objective)
+    watch.call(mirror.reconcile, study)
+    outcome = watch.call(
+        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes
+    )
+    watch.call(finish_parent_if_last, study, mirror, registry, outcome, objective)
     return outcome
