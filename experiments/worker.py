@@ -8,7 +8,9 @@ lock; each trial is mirrored to MLflow as it starts and ends; every trial of the
 reconciled at the start and the end; the last worker of the study closes the parent run with a
 summary of the whole study. Interrupted (Ctrl-C, SIGTERM, SIGHUP) or cut off from MLflow, the
 worker closes what it can in one attempt and re-raises; what it could not close, the next
-worker or `python -m experiments.reconcile` closes.
+worker or `python -m experiments.reconcile` closes. Every step that reads or writes Optuna's
+storage waits out an outage of it (`experiments.store_faults.StorageWatch`); the trial loop
+then fails the trials it held and goes on.
 """
 
 from __future__ import annotations

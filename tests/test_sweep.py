@@ -344,6 +344,8 @@ BAD_FLAGS = [
     (["--workers", "0"], "--workers"),
     (["--heartbeat-seconds", "0"], "--heartbeat-seconds"),
     (["--tracking-wait-seconds", "-1"], "--tracking-wait-seconds"),
+    (["--storage-wait-seconds", "-1"], "--storage-wait-seconds"),
+    (["--storage-wait-seconds", "nan"], "--storage-wait-seconds"),
 ]
 
 
