@@ -74,17 +74,18 @@ class TrialTracker:
 
     def fail_held(self, reason: str) -> None:
         """Once Optuna's storage answers again after an outage: every trial this worker held
-        that is still RUNNING is stored FAIL with `reason` and mirrored (a trial another worker
-        or a reconcile failed meanwhile is left as it is)."""
+        that is still RUNNING is stored FAIL with `reason`, and every one not mirrored yet
+        (finished just before the outage, or failed now) is mirrored."""
         storage = self.study._storage
-        for trial_id in self.started:
-            if trial_id in self.synced or storage.get_trial(trial_id).state != TrialState.RUNNING:
-                continue
-            storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-            with contextlib.suppress(UpdateFinishedTrialError):
-                storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            self.log(f"trial {storage.get_trial(trial_id).number} failed: {reason}")
-            self(self.study, storage.get_trial(trial_id))
+        for trial_id in [t for t in self.started if t not in self.synced]:
+            if storage.get_trial(trial_id).state == TrialState.RUNNING:
+                with contextlib.suppress(UpdateFinishedTrialError):  # another failed it meanwhile
+                    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                    self.log(f"trial {storage.get_trial(trial_id).number} failed: {reason}")
+            trial = storage.get_trial(trial_id)
+            if trial.state.is_finished():
+                self(self.study, trial)
 
     def sync_unsynced(self, *, patient: bool) -> None:
         """Mirror the trials this worker started but did not finish mirroring (interrupted)."""

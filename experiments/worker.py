@@ -32,7 +32,6 @@ from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
 from experiments.objective import Objective
-from experiments.population_trials import PopulationTrials
 from experiments.refit import ensure_refit
 from experiments.report import (
     SweepOutcome,
@@ -50,12 +49,12 @@ from experiments.study import (
     open_storage,
 )
 from experiments.tracking import search_trial_runs
-from experiments.trial_tracker import TrialTracker, quiet_failures
+from experiments.trial_loop import run_trials_through_outages
+from experiments.trial_tracker import TrialTracker
 from experiments.workers import WorkerRegistry
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.device import environment, resolve_device
-from softmaxreg.trainer import TrainingDiverged
 
 SWEPT_FIELDS = ("batch_size", "lr")
 """TrainConfig fields the study chooses per trial; they have no flag of their own."""
@@ -194,52 +193,6 @@ def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: Worke
         if not is_store_failure(error):
             raise
         # The next start or `python -m experiments.reconcile` closes them.
-
-
-def run_trials(
-    study: optuna.Study,
-    objective: Objective,
-    tracker: TrialTracker,
-    n_trials: int,
-    timeout: float | None,
-) -> None:
-    """This worker's trials: one at a time through `study.optimize`, or K at a time."""
-    sweep = objective.sweep
-    if sweep.population > 1:
-        trials = PopulationTrials(study, objective, tracker, sweep.population)
-        trials.run(n_trials, timeout=timeout)
-        return
-    with quiet_failures():
-        study.optimize(
-            objective, n_trials=n_trials, timeout=timeout, catch=(TrainingDiverged,),
-            callbacks=[tracker],
-        )  # fmt: skip
-
-
-def run_trials_through_outages(
-    study: optuna.Study,
-    objective: Objective,
-    tracker: TrialTracker,
-    n_trials: int,
-    watch: StorageWatch,
-) -> None:
-    """`run_trials`, taken up again after each outage of Optuna's storage that ends within
-    --storage-wait-seconds: the trials this worker held are failed with the reason once the
-    storage answers, and the rest of its share runs. Outlasting the wait raises
-    `StorageUnavailable`, a full disk `DiskFull`."""
-    timeout = objective.sweep.timeout or None
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        remaining = n_trials - len(tracker.started)
-        left = None if deadline is None else deadline - time.monotonic()
-        if remaining <= 0 or (left is not None and left <= 0):
-            return
-        try:
-            run_trials(study, objective, tracker, remaining, left)
-            return
-        except Exception as error:
-            reason = watch.recover(error)  # raises unless the storage answers again
-        watch.call(tracker.fail_held, f"Optuna's storage was unreachable ({reason})")
 
 
 def run_sweep(

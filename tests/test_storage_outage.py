@@ -28,7 +28,10 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from experiments.config import SweepConfig
 from experiments.reconcile import main as reconcile_main
+from experiments.stores import normalise_sql_url
+from experiments.study import open_storage
 from tests.services import free_port, postgres_database, wait_for
 from tests.test_workers import PROCESS_TIMEOUT, REPO_ROOT, runs_of, sweep_args
 
@@ -106,21 +109,25 @@ class Sweep:
         return code, self.lines
 
 
-def epochs_stored(url: str, trial_number: int) -> bool:
-    """Whether the trial has stored an epoch, read directly from PostgreSQL."""
+def scalar(url: str, query: str, **params):
+    """One value read directly from PostgreSQL (not through the proxy); None before the
+    tables exist."""
     engine = sqlalchemy.create_engine(make_url(url).set(drivername="postgresql+psycopg"),
                                       poolclass=NullPool)  # fmt: skip
-    query = sqlalchemy.text(
-        "SELECT count(*) FROM trial_user_attributes a JOIN trials t USING (trial_id) "
-        "WHERE t.number = :n AND a.key = 'epochs'"
-    )
     try:
         with engine.connect() as connection:
-            return bool(connection.execute(query, {"n": trial_number}).scalar())
+            return connection.execute(sqlalchemy.text(query), params).scalar()
     except sqlalchemy.exc.ProgrammingError:  # the tables do not exist yet
-        return False
+        return None
     finally:
         engine.dispose()
+
+
+def epochs_stored(url: str, trial_number: int) -> bool:
+    """Whether the trial has stored an epoch."""
+    return bool(scalar(url, "SELECT count(*) FROM trial_user_attributes a JOIN trials t "
+                       "USING (trial_id) WHERE t.number = :n AND a.key = 'epochs'",
+                       n=trial_number))  # fmt: skip
 
 
 def start_sweep(tmp_path: Path, real_mnist_root: Path, storage: str, *extra: str) -> Sweep:
@@ -140,14 +147,16 @@ def cut_mid_trial(sweep: Sweep, direct_url: str, proxy: Proxy) -> None:
              "the sweep to notice the outage")  # fmt: skip
 
 
+@pytest.mark.parametrize("population", ["1", "2"])
 def test_an_outage_shorter_than_the_wait_is_survived_and_every_trial_mirrored(
-    real_mnist_root, tmp_path, proxied_database
+    real_mnist_root, tmp_path, proxied_database, population
 ):
-    """Populations of 2: the outage cuts a pass mid-epoch; once the storage answers, the held
-    members are failed with the reason, the rest of the 6 trials run, and exit 0."""
+    """One trial at a time (`study.optimize`) and populations of 2: the outage cuts trial 1
+    mid-epoch; once the storage answers, the trials held are failed with the reason, the rest
+    of the 6 trials run, and exit 0."""
     direct, through_proxy, proxy = proxied_database
     sweep = start_sweep(tmp_path, real_mnist_root, through_proxy, "--n-trials", "6",
-                        "--population", "2", "--storage-wait-seconds", "120")  # fmt: skip
+                        "--population", population, "--storage-wait-seconds", "120")  # fmt: skip
     cut_mid_trial(sweep, direct, proxy)
     proxy.start()  # the database is back, on the same address
     code, lines = sweep.finish()
@@ -164,7 +173,7 @@ def test_an_outage_shorter_than_the_wait_is_survived_and_every_trial_mirrored(
     assert [t.state for t in study.trials if t not in failed] == [TrialState.COMPLETE] * (
         6 - len(failed)
     )
-    assert 1 in [t.number for t in failed]  # the member training when the proxy stopped
+    assert 1 in [t.number for t in failed]  # the trial training when the proxy stopped
     for trial in failed:
         assert trial.user_attrs["fail_reason"].startswith("Optuna's storage was unreachable")
         said = f"trial {trial.number} failed: Optuna's storage was unreachable"
@@ -222,3 +231,30 @@ def test_a_lasting_outage_exits_1_in_one_line_and_a_reconcile_closes_everything(
     assert children[1][0].info.status == "FAILED"
     assert reconcile_main(flags) == 0
     assert capsys.readouterr().out.strip().endswith(", 0 runs repaired")
+
+
+def test_a_heartbeat_in_an_outage_is_a_missed_beat_and_a_restarted_database_is_picked_up(
+    proxied_database,
+):
+    """The sweep's storage itself: a restart between two calls (every pooled connection dead)
+    costs the next write nothing, since connections are pinged before use; a heartbeat in the
+    outage is skipped without an error (the thread that beats goes on), and the next one
+    after it is written."""
+    direct, through_proxy, proxy = proxied_database
+    sweep = SweepConfig(heartbeat_seconds=1, storage=through_proxy)
+    storage = open_storage(normalise_sql_url(through_proxy), sweep)
+    study = optuna.create_study(storage=storage, study_name="beats")
+    first, second = study.ask(), study.ask()
+    proxy.stop()
+    proxy.start()  # the pool's connections all died with the proxy's
+    study.tell(first, 0.5)  # first try, no error: the dead connection was replaced
+    assert optuna.load_study(study_name="beats", storage=direct).trials[0].value == 0.5
+
+    beat = "SELECT heartbeat FROM trial_heartbeats WHERE trial_id = :id"
+    storage.record_heartbeat(second._trial_id)
+    before = scalar(direct, beat, id=second._trial_id)
+    proxy.stop()
+    storage.record_heartbeat(second._trial_id)  # refused connection: a missed beat, no error
+    proxy.start()
+    storage.record_heartbeat(second._trial_id)
+    assert scalar(direct, beat, id=second._trial_id) > before
