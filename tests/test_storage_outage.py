@@ -32,6 +32,7 @@ from experiments.config import SweepConfig
 from experiments.reconcile import main as reconcile_main
 from experiments.stores import normalise_sql_url
 from experiments.study import open_storage
+from softmaxreg.data import DATA_ENV_VAR
 from tests.services import free_port, postgres_database, wait_for
 from tests.test_workers import PROCESS_TIMEOUT, REPO_ROOT, runs_of, sweep_args
 
@@ -87,7 +88,8 @@ class Sweep:
     """`python -m experiments.sweep` with its stderr read line by line as it comes."""
 
     def __init__(self, cwd: Path, argv: list[str]) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {k: v for k, v in os.environ.items() if k != DATA_ENV_VAR}  # as test_workers
+        env["PYTHONPATH"] = str(REPO_ROOT)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "experiments.sweep", *argv],
             cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
