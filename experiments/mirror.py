@@ -65,7 +65,7 @@ from experiments.run_record import (
     trial_tags,
 )
 from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
-from experiments.study import study_lock_name
+from experiments.study import fail_unbeaten_trials, study_lock_name
 from experiments.tracking import (
     ROLE_TAG,
     STUDY_UUID_TAG,
@@ -351,6 +351,7 @@ class Mirror:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)  # we rely on it anyway
                 optuna.storages.fail_stale_trials(study)
+            fail_unbeaten_trials(study, self.stores.optuna_url)
             trials = study.get_trials(deepcopy=False)
             runs = self._study_runs()
             removed = 0

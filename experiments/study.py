@@ -12,24 +12,29 @@ is refused with `SweepError` before any trial exists.
 
 Liveness: every storage opened here has Optuna's trial heartbeat on. A trial whose worker stops
 beating for `SweepConfig.grace_seconds` (kill -9, preemption) is marked FAIL by the next worker
-or reconcile and, with `--retries`, queued again (`RetryHeartbeatStaleTrialCallback`).
+or reconcile and, with `--retries`, queued again (`RetryHeartbeatStaleTrialCallback`). One that
+never beat at all (its worker stopped between asking for it and the first beat: the storage cut
+off or full right then) is failed by a reconcile once the grace period has passed since it
+started (`fail_unbeaten_trials`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import uuid
 import warnings
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
-from experiments.config import SweepConfig
+from experiments.config import GRACE_HEARTBEATS, SweepConfig
 from experiments.locks import store_lock
 from experiments.store_faults import is_store_failure
 from experiments.stores import connect_args, sqlite_file, store_exists
@@ -123,6 +128,37 @@ def open_storage(
         event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # so every later connection gets the pragmas
     return storage
+
+
+def fail_unbeaten_trials(study: optuna.Study, url: str) -> int:
+    """Fail the RUNNING trials that never recorded a heartbeat and started more than the grace
+    period ago; return how many. Their worker stopped between Optuna creating the trial and its
+    first beat (the storage cut off or full right then), and Optuna's stale check, which sees
+    only trials with a heartbeat, would leave them RUNNING for ever. A live worker records the
+    first beat within milliseconds of asking (Optuna's heartbeat thread, `Heartbeats.add`)."""
+    interval = study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+    if not interval:
+        return 0
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_HEARTBEATS * interval)
+    old = {
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < cutoff
+    }
+    if not old:
+        return 0
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
+    query = query.bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
+    try:
+        with engine.connect() as connection:
+            beaten = {row[0] for row in connection.execute(query, {"ids": sorted(old)})}
+    finally:
+        engine.dispose()
+    for trial_id in old - beaten:
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return len(old - beaten)
 
 
 def _has_optuna_tables(url: str) -> bool:
