@@ -28,7 +28,13 @@ from softmaxreg.synthetic import write_synthetic_idx
 from tests.services import sqlite_rows, wait_for
 from tests.test_workers import finish, runs_of, start, sweep_args
 
-pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.timeout(900)]
+
+def real_sweep(test):
+    """Marks of the tests that run real sweep processes on real MNIST (the data-cache test
+    needs neither)."""
+    for mark in (pytest.mark.real_data, pytest.mark.slow, pytest.mark.timeout(900)):
+        test = mark(test)
+    return test
 
 
 def mount_tmpfs(folder: Path, size: str) -> Path:
@@ -101,6 +107,7 @@ def assert_nothing_running(stores: dict[str, str]) -> None:
     assert reconcile_study(sweep, log=print)[2] == 0
 
 
+@real_sweep
 @pytest.mark.parametrize(("store", "population"), [("optuna", "1"), ("mlflow", "4")])
 def test_a_full_disk_under_a_store_stops_the_sweep_in_one_line_and_it_resumes(
     real_mnist_root, tmp_path, small_disk, store, population
@@ -130,6 +137,7 @@ def test_a_full_disk_under_a_store_stops_the_sweep_in_one_line_and_it_resumes(
     assert_nothing_running(stores)
 
 
+@real_sweep
 def test_a_full_disk_under_the_artifacts_stops_at_the_model_and_plots_and_resumes(
     real_mnist_root, tmp_path, small_disk
 ):
