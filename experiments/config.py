@@ -138,6 +138,13 @@ class SweepConfig:
     status 1. Finished trials are safe in Optuna; the next start or `python -m
     experiments.reconcile` copies them to MLflow."""
 
+    storage_wait_seconds: float = 60.0
+    """How long to wait for Optuna's storage when it stops answering (a database restart, a
+    network cut) before the worker stops with exit status 1, saying so in one line. The trial
+    the worker held is failed with the reason once the storage answers again (or, if it never
+    does in time, by the heartbeat check of the next worker or reconcile); finished trials are
+    untouched."""
+
     storage: str = DEFAULT_OPTUNA_STORAGE
     """Optuna storage URL (SQLAlchemy), the study's source of truth: sqlite:///optuna.db is one
     file in the current folder; postgresql://user@host/db shares a study between machines."""
@@ -229,6 +236,7 @@ class SweepConfig:
         require_int(self.heartbeat_seconds, "heartbeat_seconds", 1)
         require_int(self.retries, "retries", 0)
         require_seconds(self.tracking_wait_seconds, "tracking_wait_seconds", "seconds >= 0")
+        require_seconds(self.storage_wait_seconds, "storage_wait_seconds", "seconds >= 0")
         require(isinstance(self.storage, str), "storage", self.storage, "a database URL")
         parse_sql_url(self.storage, "storage")
         require(isinstance(self.tracking_uri, str), "tracking_uri", self.tracking_uri, "a URI")

@@ -29,7 +29,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from experiments.stores import display_url, is_server_uri, sqlite_file
+from experiments.stores import connect_args, display_url, is_server_uri, sqlite_file
 
 LOCK_TIMEOUT_SECONDS = 300.0
 POLL_SECONDS = 0.05
@@ -85,7 +85,7 @@ def _lock_key(name: str) -> int:
 
 @contextmanager
 def _database_lock(url: str, name: str, timeout: float) -> Iterator[None]:
-    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
     backend = engine.dialect.name
     try:
         with engine.connect() as connection:

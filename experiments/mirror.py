@@ -24,6 +24,7 @@ An unreachable tracking store is retried with a visible message for `wait_second
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -65,8 +66,9 @@ from experiments.run_record import (
     trial_run_name,
     trial_tags,
 )
+from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
 from experiments.stores import CREDENTIAL_VARIABLES
-from experiments.study import study_lock_name
+from experiments.study import fail_unbeaten_trials, study_lock_name
 from experiments.tracking import (
     ROLE_TAG,
     STUDY_UUID_TAG,
@@ -90,7 +92,7 @@ EXPERIMENT_KIND = "custom_model_development"
 """MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(StoreFault):
     """The tracking store stayed unreachable for the whole wait."""
 
 
@@ -125,6 +127,10 @@ class Mirror:
         # report prints where the runs are, once.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # MLflow's SQL store logs each database error with its traceback, then raises it to
+        # us, and `call` says it in one line (an outage's wait, a full disk): logged, it is
+        # the same fault a second time, dozens of lines long.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.stores = stores
         self.study_name = study_name
         self.study_uuid = study_uuid
@@ -166,20 +172,17 @@ class Mirror:
             try:
                 result = function(*args, **kwargs)
                 break
-            except MlflowException as error:
-                if error.error_code in NOT_TRANSIENT:
-                    raise
-                if error.error_code in REFUSED:
+            except Exception as error:
+                # A full disk (the store's, or the artifacts' under it) is no outage: waiting
+                # frees no space, so it is said at once, naming the path.
+                raise_if_disk_full(error, store_where(self.stores.tracking_uri))
+                if isinstance(error, MlflowException) and error.error_code in REFUSED:
                     raise TrackingUnavailable(
                         f"tracking store {self.stores.shown()[1]} refused the request "
                         f"({str(error).splitlines()[0][:200]}); check {CREDENTIAL_VARIABLES} "
                         "and the user's permissions on the experiment"
                     ) from error
-                last = error
-            except (OSError, ConnectionError, TimeoutError) as error:
-                last = error
-            except Exception as error:  # sqlalchemy's OperationalError: a locked or gone DB
-                if type(error).__name__ not in ("OperationalError", "DatabaseError"):
+                if not _transient(error):
                     raise
                 last = error
             waited = time.monotonic() - started
@@ -360,6 +363,7 @@ class Mirror:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)  # we rely on it anyway
                 optuna.storages.fail_stale_trials(study)
+            fail_unbeaten_trials(study, self.stores.optuna_url)
             trials = study.get_trials(deepcopy=False)
             runs = self._study_runs()
             removed = 0
@@ -396,3 +400,13 @@ def _matches(run, trial: FrozenTrial) -> bool:
         run.data.tags.get(DIGEST_TAG) == record_digest(trial)
         and run.info.status == RUN_STATUS_OF_STATE[trial.state]
     )
+
+
+def _transient(error: Exception) -> bool:
+    """An unreachable, locked or failing tracking store, rather than a bug to report at once."""
+    if isinstance(error, MlflowException):
+        return error.error_code not in NOT_TRANSIENT
+    if isinstance(error, (OSError, ConnectionError, TimeoutError)):
+        return True
+    # SQLAlchemy's OperationalError: a locked or gone database (MLflow's SQL store)
+    return type(error).__name__ in ("OperationalError", "DatabaseError")

@@ -32,6 +32,7 @@ import optuna
 
 from experiments.config import SweepConfig
 from experiments.interrupts import GATE, Terminated
+from experiments.store_faults import StoreFault, is_store_failure
 from experiments.weights import WEIGHTS_ATTR, encode_weights
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
@@ -81,6 +82,8 @@ SETTING_NAMES = (
 
 
 def interruption_reason(error: BaseException) -> str:
+    if isinstance(error, StoreFault):  # worded already: "disk full: /path/mlflow.db (...)"
+        return str(error)
     if isinstance(error, Terminated):
         return f"interrupted by {error.signal_name}"
     if isinstance(error, KeyboardInterrupt):
@@ -198,9 +201,9 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         config = self.config_for(trial)
-        self.begin(trial, config)
         recorder = EpochRecorder(trial, self.seeds, report_to_pruner=self.reports_to_pruner)
         try:
+            self.begin(trial, config)  # inside: a fault mirroring its start is its reason
             results = self._train_seeds(config, recorder)
         except TrainingDiverged as error:
             self.record_divergence(trial, error)
@@ -234,8 +237,14 @@ class Objective:
         trial.set_user_attr("fail_reason", str(error))
 
     def record_interruption(self, trial: optuna.Trial, error: BaseException) -> None:
+        """Store why the trial stops; one attempt where a store's fault is the reason (Optuna's
+        storage may be what failed: the worker's loop then fails the trial once it answers)."""
         with GATE.deferred():
-            trial.set_user_attr("fail_reason", interruption_reason(error))
+            try:
+                trial.set_user_attr("fail_reason", interruption_reason(error))
+            except Exception as failure:
+                if not is_store_failure(failure):
+                    raise
 
     def conclude(
         self, trial: optuna.Trial, results: list[TrainResult]

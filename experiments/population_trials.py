@@ -37,6 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from experiments.interrupts import GATE
 from experiments.objective import EpochRecorder, Objective
+from experiments.store_faults import is_store_failure
 from experiments.trial_tracker import TrialTracker
 from softmaxreg.config import TrainConfig
 from softmaxreg.population import train_population
@@ -94,6 +95,8 @@ class Heartbeats:
             self.trial_ids = []
 
     def _beat_until_stopped(self) -> None:
+        # `record_heartbeat` of the sweep's storage (`experiments.study.SweepStorage`) lets a
+        # passing outage be a missed beat, not the end of this thread.
         while not self._stop.wait(self.interval):
             with self._lock:
                 for trial_id in self.trial_ids:
@@ -124,7 +127,7 @@ class PopulationTrials:
                     for group in by_batch_size(members):
                         self.train_and_tell(group)
                 except BaseException as error:  # Ctrl-C, SIGTERM, SIGHUP, an outage, a bug
-                    self.fail_untold(members, error)
+                    self.fail_untold_if_possible(members, error)
                     raise
                 beats.clear()
 
@@ -163,6 +166,7 @@ class PopulationTrials:
             # does what optimize's thread would.
             warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
             trial = self.study.ask()
+        self.tracker.hold(trial._trial_id)
         beats.add(trial._trial_id)
         config = self.objective.config_for(trial)
         recorder = EpochRecorder(
@@ -226,6 +230,16 @@ class PopulationTrials:
             if "Study.stop" not in str(error):
                 raise
             return self.study._storage.get_trial(trial._trial_id)
+
+    def fail_untold_if_possible(self, members: list[Member], error: BaseException) -> None:
+        """`fail_untold`, once: where Optuna's storage is what failed (an outage, a full disk),
+        the members stay RUNNING for the worker's loop to fail once the storage answers, or
+        for the heartbeat check and reconcile."""
+        try:
+            self.fail_untold(members, error)
+        except Exception as failure:
+            if not is_store_failure(failure):
+                raise
 
     def fail_untold(self, members: list[Member], error: BaseException) -> None:
         """Every member not told yet is stored FAIL with the reason (as Optuna does for the

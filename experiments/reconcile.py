@@ -25,7 +25,8 @@ import optuna
 
 from experiments.config import Stores, SweepConfig
 from experiments.locks import store_lock
-from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.mirror import Mirror
+from experiments.store_faults import is_store_failure, store_failure_line
 from experiments.stores import (
     ServerRefused,
     StoreError,
@@ -109,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (StoreError, ConfigError) as error:
         parser.error(str(error))
-    except TrackingUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # either store out of reach (past the wait) or full
+        if not is_store_failure(error):
+            raise
+        print(f"error: {store_failure_line(error)}", file=sys.stderr)
         return 1
     print(f"study {config.study_name}: {trials} trials, {repaired} runs repaired")
     return 0

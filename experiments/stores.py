@@ -210,8 +210,10 @@ def _check_sqlite(path: Path, flag: str, url: str, writable: bool = True) -> Non
             check_sqlite_integrity(path.resolve(), f"{flag} {url}")
 
 
-def _connect_args(url: URL) -> dict[str, object]:
-    backend = url.get_backend_name()
+def connect_args(url: str | URL) -> dict[str, object]:
+    """A bounded connect for a database server: an unreachable host fails in seconds rather
+    than hanging the worker (libpq waits forever by default)."""
+    backend = make_url(url).get_backend_name()
     if backend in ("postgresql", "mysql", "mariadb"):
         return {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     return {}
@@ -230,7 +232,7 @@ def check_sql_url(url: str, flag: str, writable: bool = True) -> None:
     shown = display_url(url)
     try:
         engine = sqlalchemy.create_engine(
-            parsed, poolclass=NullPool, connect_args=_connect_args(parsed)
+            parsed, poolclass=NullPool, connect_args=connect_args(parsed)
         )
     except (NoSuchModuleError, ImportError) as error:
         raise StoreError(

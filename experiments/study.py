@@ -12,26 +12,32 @@ is refused with `SweepError` before any trial exists.
 
 Liveness: every storage opened here has Optuna's trial heartbeat on. A trial whose worker stops
 beating for `SweepConfig.grace_seconds` (kill -9, preemption) is marked FAIL by the next worker
-or reconcile and, with `--retries`, queued again (`RetryHeartbeatStaleTrialCallback`).
+or reconcile and, with `--retries`, queued again (`RetryHeartbeatStaleTrialCallback`). One that
+never beat at all (its worker stopped between asking for it and the first beat: the storage cut
+off or full right then) is failed by a reconcile once the grace period has passed since it
+started (`fail_unbeaten_trials`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import uuid
 import warnings
 
 import optuna
 import sqlalchemy
-from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning
+from optuna.exceptions import DuplicatedStudyError, ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
-from experiments.config import SweepConfig
+from experiments.config import GRACE_HEARTBEATS, SweepConfig
 from experiments.locks import store_lock
-from experiments.stores import sqlite_file, store_exists
+from experiments.store_faults import is_store_failure
+from experiments.stores import connect_args, sqlite_file, store_exists
 from experiments.study_settings import (
     FIXED_SETTINGS_ATTR,
     DataIdentity,
@@ -76,14 +82,36 @@ def _begin_immediate(connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock first, then read, then write
 
 
+class SweepStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeat outlives a passing outage.
+
+    Optuna's heartbeat thread (and ours, `experiments.population_trials.Heartbeats`) calls
+    `record_heartbeat` every interval; raised there, an outage would end the thread with a
+    traceback and the trial would beat no more, to be failed as stale while it still trains.
+    A missed beat is harmless: the worker's own next write meets the outage and waits for it
+    (`experiments.store_faults`), and an outage outlasting the grace period fails the trial as
+    stale, which is then right."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as error:
+            if not is_store_failure(error):
+                raise
+
+
 def open_storage(
     url: str, sweep: SweepConfig | None = None, read_only: bool = False
 ) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage for the normalised `url`; with `sweep`, heartbeat and retries on.
     `read_only` (export) takes no write lock, so a file in a read-only folder can be read."""
-    engine_kwargs = {}
+    engine_kwargs: dict[str, object] = {"connect_args": connect_args(url)}
     if sqlite_file(url) is not None:
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_SECONDS}}
+    else:
+        # Each pooled connection is tested before use: after a database restart (or a proxy's)
+        # the pool's dead connections are replaced instead of failing the next write.
+        engine_kwargs["pool_pre_ping"] = True
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeat is "experimental"
         liveness: dict[str, object] = {}
@@ -94,12 +122,43 @@ def open_storage(
                 "grace_period": sweep.grace_seconds,
                 "heartbeat_stale_trial_callback": retry if sweep.retries else None,
             }
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **liveness)
+        storage = SweepStorage(url, engine_kwargs=engine_kwargs, **liveness)
     if sqlite_file(url) is not None and not read_only:
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         event.listen(storage.engine, "begin", _begin_immediate)
         storage.engine.dispose()  # so every later connection gets the pragmas
     return storage
+
+
+def fail_unbeaten_trials(study: optuna.Study, url: str) -> int:
+    """Fail the RUNNING trials that never recorded a heartbeat and started more than the grace
+    period ago; return how many. Their worker stopped between Optuna creating the trial and its
+    first beat (the storage cut off or full right then), and Optuna's stale check, which sees
+    only trials with a heartbeat, would leave them RUNNING for ever. A live worker records the
+    first beat within milliseconds of asking (Optuna's heartbeat thread, `Heartbeats.add`)."""
+    interval = study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
+    if not interval:
+        return 0
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=GRACE_HEARTBEATS * interval)
+    old = {
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < cutoff
+    }
+    if not old:
+        return 0
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
+    query = query.bindparams(sqlalchemy.bindparam("ids", expanding=True))
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=connect_args(url))
+    try:
+        with engine.connect() as connection:
+            beaten = {row[0] for row in connection.execute(query, {"ids": sorted(old)})}
+    finally:
+        engine.dispose()
+    for trial_id in old - beaten:
+        with contextlib.suppress(UpdateFinishedTrialError):  # another worker failed it first
+            study._storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    return len(old - beaten)
 
 
 def _has_optuna_tables(url: str) -> bool:

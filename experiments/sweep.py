@@ -19,7 +19,8 @@ start and end → `experiments.report`. Optuna's storage is the source of truth;
 mirror that `python -m experiments.reconcile` can always rebuild.
 
 Exit status: 0 done; 1 the tracking store stayed unreachable for --tracking-wait-seconds (the
-finished trials are safe in Optuna); 2 bad input; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the
+finished trials are safe in Optuna), Optuna's storage for --storage-wait-seconds, or a disk is
+full (one line naming the path); 2 bad input; 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP (the
 running trial is stored as FAIL with the reason; run the same command again to resume).
 """
 
@@ -29,6 +30,7 @@ import argparse
 import datetime
 import functools
 import math
+import os
 import sys
 import time
 from collections import Counter
@@ -44,6 +46,12 @@ from experiments.mirror import TrackingUnavailable
 from experiments.reconcile import reconcile_study
 from experiments.report import (
     format_report,
+)
+from experiments.store_faults import (
+    StorageUnavailable,
+    disk_full,
+    is_store_failure,
+    store_failure_line,
 )
 from experiments.store_files import create_stores_or_exit
 from experiments.stores import (
@@ -114,14 +122,21 @@ def run_coordinator(
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     status, summaries = run_workers(sweep, threads or threads_per_worker(sweep.workers), run_worker)
     print("\n".join(summaries))
-    study = find_study(stores.optuna_url, name)
+    try:
+        study = find_study(stores.optuna_url, name)
+    except Exception as error:
+        if not is_store_failure(error):
+            raise
+        return status or 1  # each worker said why in its own line
     if study is None:  # every worker failed before starting
         return status or 1
     try:
         repair = replace(sweep, study_name=name, retries=0)
         mirror, _, _ = reconcile_study(repair, log=lambda line: print(line, file=sys.stderr))
-    except TrackingUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # a store out of reach or full: the workers said it already
+        if not is_store_failure(error):
+            raise
+        print(f"error: {store_failure_line(error)}", file=sys.stderr)
         return status or 1
     ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
     mine = [
@@ -179,6 +194,20 @@ def run_one_worker(
             "or python -m experiments.reconcile once MLflow is back",
             file=sys.stderr,
         )
+        return 1
+    except StorageUnavailable as error:
+        print(
+            f"error: {error}; every finished trial is kept there: run the same command once "
+            "it answers (it, or python -m experiments.reconcile, closes what this worker "
+            "left open)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as error:  # a full disk wherever it surfaced: one line, not a traceback
+        fault = disk_full(error, where=os.getcwd())
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
         return 1
     print(format_report(outcome, sweep, stores))
     return 0

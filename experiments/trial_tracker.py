@@ -17,11 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
 from experiments.interrupts import GATE
 from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.store_faults import is_store_failure
 from softmaxreg.trainer import TrainingDiverged
 
 
@@ -41,8 +43,13 @@ class TrialTracker:
         self.synced: set[int] = set()
         self.counted: set[int] = set()
 
+    def hold(self, trial_id: int) -> None:
+        """This worker holds the trial from now on (asked of Optuna, not finished yet)."""
+        if trial_id not in self.started:
+            self.started.append(trial_id)
+
     def on_start(self, trial: optuna.Trial) -> None:
-        self.started.append(trial._trial_id)
+        self.hold(trial._trial_id)
         frozen = self.study._storage.get_trial(trial._trial_id)
         try:
             self.mirror.sync(frozen, patient=False)
@@ -64,6 +71,21 @@ class TrialTracker:
             return
         self.counted.add(trial._trial_id)
         self.own_states[trial.state.name] += 1
+
+    def fail_held(self, reason: str) -> None:
+        """Once Optuna's storage answers again after an outage: every trial this worker held
+        that is still RUNNING is stored FAIL with `reason`, and every one not mirrored yet
+        (finished just before the outage, or failed now) is mirrored."""
+        storage = self.study._storage
+        for trial_id in [t for t in self.started if t not in self.synced]:
+            if storage.get_trial(trial_id).state == TrialState.RUNNING:
+                with contextlib.suppress(UpdateFinishedTrialError):  # another failed it meanwhile
+                    storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+                    storage.set_trial_state_values(trial_id, TrialState.FAIL)
+                    self.log(f"trial {storage.get_trial(trial_id).number} failed: {reason}")
+            trial = storage.get_trial(trial_id)
+            if trial.state.is_finished():
+                self(self.study, trial)
 
     def sync_unsynced(self, *, patient: bool) -> None:
         """Mirror the trials this worker started but did not finish mirroring (interrupted)."""
@@ -92,12 +114,13 @@ def best_so_far(study: optuna.Study) -> str:
 class _OneLineFailures(logging.Filter):
     """Optuna logs a failed trial with its traceback. A diverging lr needs one line, not a stack
     trace (the reason is in the trial's `fail_reason`); an interrupted trial needs none, since
-    the sweep prints its own line for Ctrl-C, SIGTERM and SIGHUP."""
+    the sweep prints its own line for Ctrl-C, SIGTERM and SIGHUP, nor does one cut off by a
+    store's fault (an outage, a full disk: `experiments.store_faults`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, KeyboardInterrupt):
-            return False
+        if isinstance(error, KeyboardInterrupt) or (error and is_store_failure(error)):
+            return False  # the sweep says it in one line of its own
         if isinstance(error, TrainingDiverged):
             record.exc_info = None
             record.exc_text = None

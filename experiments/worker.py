@@ -8,7 +8,9 @@ lock; each trial is mirrored to MLflow as it starts and ends; every trial of the
 reconciled at the start and the end; the last worker of the study closes the parent run with a
 summary of the whole study. Interrupted (Ctrl-C, SIGTERM, SIGHUP) or cut off from MLflow, the
 worker closes what it can in one attempt and re-raises; what it could not close, the next
-worker or `python -m experiments.reconcile` closes.
+worker or `python -m experiments.reconcile` closes. Every step that reads or writes Optuna's
+storage waits out an outage of it (`experiments.store_faults.StorageWatch`); the trial loop
+then fails the trials it held and goes on.
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from tqdm import tqdm
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
-from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.mirror import Mirror
 from experiments.objective import Objective
-from experiments.population_trials import PopulationTrials
 from experiments.refit import ensure_refit
 from experiments.report import (
     SweepOutcome,
@@ -39,6 +40,7 @@ from experiments.report import (
     write_study_artifacts,
 )
 from experiments.results import best_per_batch_size, trials_table
+from experiments.store_faults import StorageWatch, is_store_failure
 from experiments.stores import display_url
 from experiments.study import (
     OPTUNA_SCHEMA_LOCK,
@@ -48,12 +50,12 @@ from experiments.study import (
     open_storage,
 )
 from experiments.tracking import search_trial_runs
-from experiments.trial_tracker import TrialTracker, quiet_failures
+from experiments.trial_loop import run_trials_through_outages
+from experiments.trial_tracker import TrialTracker
 from experiments.workers import WorkerRegistry
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.device import environment, resolve_device
-from softmaxreg.trainer import TrainingDiverged
 
 SWEPT_FIELDS = ("batch_size", "lr")
 """TrainConfig fields the study chooses per trial; they have no flag of their own."""
@@ -186,31 +188,15 @@ def finish_parent_if_last(
 
 def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: WorkerRegistry) -> None:
     """After Ctrl-C, a signal or an outage: one try to close this worker's open runs."""
+    registry.abandon()
     try:
         tracker.sync_unsynced(patient=False)
         if not registry.others_alive():
             mirror.call(mirror.client.set_terminated, mirror.parent_run_id, "KILLED", patient=False)
-    except TrackingUnavailable:
-        pass  # the next start or `python -m experiments.reconcile` closes them
-
-
-def run_trials(
-    study: optuna.Study, objective: Objective, tracker: TrialTracker, n_trials: int
-) -> None:
-    """This worker's trials: one at a time through `study.optimize`, or K at a time."""
-    sweep = objective.sweep
-    if sweep.population > 1:
-        trials = PopulationTrials(study, objective, tracker, sweep.population)
-        trials.run(n_trials, timeout=sweep.timeout or None)
-        return
-    with quiet_failures():
-        study.optimize(
-            objective,
-            n_trials=n_trials,
-            timeout=sweep.timeout or None,
-            catch=(TrainingDiverged,),
-            callbacks=[tracker],
-        )
+    except Exception as error:  # either store out of reach or full
+        if not is_store_failure(error):
+            raise
+        # The next start or `python -m experiments.reconcile` closes them.
 
 
 def run_sweep(
@@ -224,8 +210,10 @@ def run_sweep(
     """Run one worker on the study (creating or resuming it) on preloaded `data`.
 
     Raises `SweepError` before creating anything if the study cannot be resumed as asked,
-    `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds, and
-    KeyboardInterrupt (`Terminated` for SIGTERM/SIGHUP) when interrupted."""
+    `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds,
+    `StorageUnavailable` after one of Optuna's storage outlasting --storage-wait-seconds,
+    `DiskFull` when a write finds no space, and KeyboardInterrupt (`Terminated` for
+    SIGTERM/SIGHUP) when interrupted."""
     started = time.perf_counter()
     check_train_config(sweep, train_config)
     stores = Stores.from_config(sweep)
@@ -233,13 +221,16 @@ def run_sweep(
     device = resolve_device(train_config.device)
     data = data if data.device == device else data.to(device)
     optuna.logging.set_verbosity(logging.WARNING if sweep.quiet else logging.INFO)
-    study, mirror, notes = open_study_and_mirror(
-        sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config
-    )
-    log(opening_line(study))
+    # Every call on Optuna's storage below waits out an outage (--storage-wait-seconds).
+    watch = StorageWatch(stores.optuna_url, wait_seconds=sweep.storage_wait_seconds, log=log)
+    study, mirror, notes = watch.call(
+        open_study_and_mirror,
+        sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config,
+    )  # fmt: skip
+    log(watch.call(opening_line, study))
     registry = WorkerRegistry(study, sweep.worker_id, sweep)
-    registry.start()
-    n_trials = trials_to_run(study, sweep, sweep.n_trials)
+    watch.call(registry.start)
+    n_trials = watch.call(trials_to_run, study, sweep, sweep.n_trials)
     progress = tqdm(
         total=n_trials,
         desc=study_name,
@@ -259,23 +250,24 @@ def run_sweep(
         tracker.on_start,
     )
     try:
-        mirror.reconcile(study)
+        watch.call(mirror.reconcile, study)
         GATE.raise_pending()  # a signal during start-up: no trial starts
         trials_started = time.perf_counter()
-        run_trials(study, objective, tracker, n_trials)
+        run_trials_through_outages(study, objective, tracker, n_trials, watch)
         # Wall time of the loop: members of a population overlap, so their durations do not add.
         trial_seconds = time.perf_counter() - trials_started
         GATE.raise_pending()  # one that came during the last trial's mirror: the parent is KILLED
     except BaseException:
         progress.close()
-        registry.stop()
         close_after_interrupt(mirror, tracker, registry)
         raise
     progress.close()
-    registry.stop()
+    watch.call(registry.stop)
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
-    mirror.reconcile(study)
-    outcome = study_outcome(study, mirror, tracker.own_states, trial_seconds, started, notes)
-    finish_parent_if_last(study, mirror, registry, outcome, objective)
+    watch.call(mirror.reconcile, study)
+    outcome = watch.call(
+        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes
+    )
+    watch.call(finish_parent_if_last, study, mirror, registry, outcome, objective)
     return outcome

@@ -45,6 +45,7 @@ import torch
 
 from experiments.config import GRACE_HEARTBEATS, SweepConfig
 from experiments.interrupts import SIGNAL_EXIT, install_signal_handlers
+from experiments.store_faults import is_store_failure
 
 REGISTRY_PREFIX = "softmaxreg.worker."
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -74,17 +75,34 @@ class WorkerRegistry:
 
     def _beat_until_stopped(self) -> None:
         while not self._stop.wait(self.interval):
-            self._write(ended=False)
+            try:
+                self._write(ended=False)
+            except Exception as error:
+                # A missed beat during an outage or on a full disk: the worker's own next
+                # write meets the fault and reports it; a thread dying here would only add a
+                # traceback and leave the worker counted dead while it runs.
+                if not is_store_failure(error):
+                    raise
 
     def start(self) -> None:
         self._write(ended=False)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop beating and record the end (raises if the storage cannot take it)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 5)
         self._write(ended=True)
+
+    def abandon(self) -> None:
+        """`stop` on the way out after a fault: one attempt to record the end; if the storage
+        cannot take it, the entry goes stale and counts as ended after the grace period."""
+        try:
+            self.stop()
+        except Exception as error:
+            if not is_store_failure(error):
+                raise
 
     def others_alive(self) -> list[dict]:
         """Other workers of the study that have beaten within the grace period and not ended."""

@@ -20,7 +20,8 @@ decoded afresh from the raw files. Anything else (a raw file touched or replaced
 or foreign cache file, another version of this format) rebuilds it from the raw files after
 verifying them again. It lives beside the raw files (`<data root>/<Dataset>/softmaxreg-cache/`),
 or under `$XDG_CACHE_HOME/softmaxreg` (default `~/.cache`) when the data folder is read-only;
-when neither can be written, the data is used without a cache and one line says why.
+when neither can be written, or the disk is full, the data is used without a cache and one line
+says why (`disk full: data cache … not written; running without it …`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+
+from softmaxreg.disk_full import is_disk_full
 
 FORMAT_VERSION = 1
 CACHE_FOLDER = "softmaxreg-cache"
@@ -139,21 +142,30 @@ class SplitCache:
             "dtypes": {name: str(tensors[name].dtype) for name in TENSORS},
         }
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
-            os.fchmod(handle, file_mode_from_umask())  # mkstemp's 0600 would hide it from others
-            os.close(handle)
-            try:
-                torch.save({"meta": json.dumps(meta), **tensors}, temporary)
-                os.replace(temporary, self.path)
-            finally:
-                Path(temporary).unlink(missing_ok=True)
-        except OSError as error:
+            self._write(meta, tensors)
+        except (OSError, RuntimeError) as error:  # torch.save's RuntimeError wraps an OSError
+            if not isinstance(error, OSError) and not is_disk_full(error):
+                raise
             if log is not None:
-                log(f"note: data cache not written ({self.path}: {error.strerror or error})")
+                log(f"note: {cache_not_written(self.path, error)}")
             return dict(tensors)
         loaded = self.load_unchecked()
         return loaded if loaded is not None else dict(tensors)
+
+    def _write(self, meta: Mapping[str, object], tensors: Mapping[str, torch.Tensor]) -> None:
+        """Save to a temporary file beside the cache, then move it into place: cut off (a full
+        disk), nothing is left but the old cache, if any."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.fchmod(handle, file_mode_from_umask())  # mkstemp's 0600 would hide it from others
+        try:
+            # Through our own file object: a full disk then surfaces as the OSError (ENOSPC)
+            # behind torch's RuntimeError, which a file name would hide inside torch's C++.
+            with os.fdopen(handle, "wb") as file:
+                torch.save({"meta": json.dumps(meta), **tensors}, file)
+            os.replace(temporary, self.path)
+        finally:
+            Path(temporary).unlink(missing_ok=True)
 
     def load_unchecked(self) -> dict[str, torch.Tensor] | None:
         try:
@@ -161,3 +173,16 @@ class SplitCache:
         except Exception:
             return None
         return {name: saved[name] for name in TENSORS}
+
+
+def cache_not_written(path: Path, error: BaseException) -> str:
+    """Why the cache was not written, in one line. A full disk is worth running on without the
+    cache: the data is verified and in memory, and the only cost is the next run's
+    verification (seconds); stopping would throw a sweep away for an optimisation."""
+    if is_disk_full(error):
+        return (
+            f"disk full: data cache {path} not written; running without it (free space there "
+            "and the next run writes it)"
+        )
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+    return f"data cache not written ({path}: {reason})"

@@ -30,6 +30,8 @@ from experiments.config import Stores, SweepConfig
 from experiments.export import main as export_main
 from experiments.interrupts import install_signal_handlers
 from experiments.mirror import Mirror
+from experiments.objective import WORKER_LOST_REASON
+from experiments.reconcile import reconcile_study
 from experiments.results import best_per_batch_size, best_per_batch_size_markdown
 from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
@@ -344,6 +346,8 @@ BAD_FLAGS = [
     (["--workers", "0"], "--workers"),
     (["--heartbeat-seconds", "0"], "--heartbeat-seconds"),
     (["--tracking-wait-seconds", "-1"], "--tracking-wait-seconds"),
+    (["--storage-wait-seconds", "-1"], "--storage-wait-seconds"),
+    (["--storage-wait-seconds", "nan"], "--storage-wait-seconds"),
 ]
 
 
@@ -593,3 +597,21 @@ def test_a_reconcile_leaves_a_live_workers_trial_to_it(stores, synthetic_splits)
 
     assert MlflowClient(stores["tracking_uri"]).get_run(run_id).info.status == "FINISHED"
     assert report.synced == 0  # the finished trial was the owner's to mirror, and it did
+
+
+def test_a_trial_whose_worker_never_beat_is_failed_by_a_reconcile(stores, synthetic_splits):
+    """A worker cut off between asking for a trial and its first heartbeat (its storage full or
+    gone right then) leaves a RUNNING trial with no heartbeat, which Optuna's stale check never
+    sees: once the grace period has passed since the trial started, a reconcile fails it."""
+    config = sweep_config(stores, n_trials=1, heartbeat_seconds=1)
+    run_sweep(config, CPU, DataConfig(), synthetic_splits, log=lambda _: None)
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    study.ask()  # no heartbeat thread: a trial that never beat
+    time.sleep(config.grace_seconds + 1)  # the grace period is the contract here
+    repaired = reconcile_study(replace(config, retries=0), log=lambda _: None)[2]
+    study = optuna.load_study(study_name="test-study", storage=stores["storage"])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert repaired >= 1
+    run = child_runs(MlflowClient(stores["tracking_uri"]), "test-study")[1]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["optuna.fail_reason"] == WORKER_LOST_REASON
