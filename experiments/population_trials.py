@@ -5,8 +5,9 @@
 
 Ask-and-tell: a pass takes the batch size with the fewest trials so far (or that of the queued
 trials, which come first) and asks the study's sampler for K learning rates at it
-(`optuna.samplers.PartialFixedSampler` over the study's sampler; TPE's `constant_liar` makes them
-differ from each other and from trials running elsewhere), so the batch sizes take turns and
+(`optuna.samplers.PartialFixedSampler` over the study's sampler, all K from one read of the
+study: `experiments.pass_sampler`; TPE's `constant_liar` makes them differ from each other and
+from trials running elsewhere), so the batch sizes take turns and
 each gets its learning rate searched. Trials whose batch size is fixed in advance (a retry of a
 dead worker's trial, a grid point) may still differ (another worker can pop the queue in
 between): each batch size of a pass trains as its own population. Every member is an ordinary
@@ -30,6 +31,7 @@ is stored FAIL with the reason before the signal goes on.
 
 from __future__ import annotations
 
+import copy
 import functools
 import time
 import warnings
@@ -45,6 +47,7 @@ from experiments.heartbeats import Heartbeats
 from experiments.interrupts import GATE
 from experiments.mirror_queue import MirrorQueue
 from experiments.objective import EpochRecorder, Objective
+from experiments.pass_sampler import Presampled, sample_points
 from experiments.trial_records import write_user_attrs
 from experiments.trial_tracker import TrialTracker
 from softmaxreg.config import TrainConfig
@@ -81,6 +84,10 @@ class PopulationTrials:
     ) -> None:
         self.study, self.objective, self.tracker, self.size = study, objective, tracker, size
         self.queue: MirrorQueue | None = None
+        # The sampler of the pass's snapshots (`experiments.pass_sampler`): the study's, copied
+        # before its first use (same kind, seed and settings), since a sampler's search-space
+        # cache binds it to the first study it samples for.
+        self.snapshot_sampler = copy.deepcopy(study.sampler)
 
     def run(self, n_trials: int, timeout: float | None) -> None:
         """Start at most `n_trials` trials; stop starting passes after `timeout` seconds.
@@ -128,11 +135,14 @@ class PopulationTrials:
         batch_size = queued[0] if queued else None
         if batch_size is None:
             batch_size = least_tried_batch_size(trials, self.objective.sweep.batch_sizes)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
-            self.study.sampler = optuna.samplers.PartialFixedSampler(
-                {"batch_size": batch_size}, base
-            )
+        # The sampler chooses the trials the queue does not hold, all from this one read.
+        fresh = count - min(len(queued), count)
+        points = sample_points(
+            self.study, fix_batch_size(batch_size, self.snapshot_sampler), trials, fresh,
+            self.objective.config_for,
+        )  # fmt: skip
+        queued_first = [{}] * (count - fresh)  # their params are fixed, or left to `base`
+        self.study.sampler = Presampled(queued_first + points, fix_batch_size(batch_size, base))
         try:
             return [self._ask_one(beats) for _ in range(count)]
         finally:
@@ -265,6 +275,13 @@ def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetr
 
 def on_epoch_end(_epoch: int) -> None:
     GATE.release()
+
+
+def fix_batch_size(batch_size: int, sampler: optuna.samplers.BaseSampler):
+    """`sampler` with the pass's batch size fixed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
+        return optuna.samplers.PartialFixedSampler({"batch_size": batch_size}, sampler)
 
 
 def least_tried_batch_size(trials: Sequence[FrozenTrial], batch_sizes: Sequence[int]) -> int:
