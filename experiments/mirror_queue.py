@@ -33,7 +33,7 @@ from experiments.interrupts import GATE
 from experiments.mirror import TrackingUnavailable
 from experiments.trial_tracker import TrialTracker
 
-START_DELAY_SECONDS = 2.0
+START_DELAY_SECONDS = 5.0
 """How long a running trial's snapshot waits before its run is created: a finished snapshot
 arriving meanwhile replaces it (MLflow's SQL store costs ~10 ms of CPU per call here)."""
 
