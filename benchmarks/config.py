@@ -31,6 +31,7 @@ SectionName = Literal[
     "population",
     "population_sweep",
     "startup",
+    "bookkeeping",
 ]
 SECTIONS: tuple[str, ...] = get_args(SectionName)  # one list: the Literal is the source
 ProfileName = Literal["quick", "standard", "full"]
@@ -220,6 +221,13 @@ class Settings:
     """Alternated rounds of a 1-trial sweep and the bare imports it is measured against."""
     startup_workers: tuple[int, ...]
     """`--workers` counts whose summed memory the startup section samples (none: skipped)."""
+    bookkeeping_trials: int
+    """Timed one-epoch trials per run of the bookkeeping section (after a warm-up pass)."""
+    bookkeeping_population: int
+    """--population of those runs."""
+    bookkeeping_rounds: int
+    """Rounds of one run before and one after (order reversed every other round); 0 skips
+    the section."""
 
 
 FULL = Settings(
@@ -265,6 +273,9 @@ FULL = Settings(
     limit_probe_seconds=1.5,
     startup_rounds=3,
     startup_workers=(1, 2, 4),
+    bookkeeping_trials=128,
+    bookkeeping_population=16,
+    bookkeeping_rounds=2,
 )
 
 QUICK = Settings(
@@ -308,6 +319,9 @@ QUICK = Settings(
     limit_probe_seconds=0.2,
     startup_rounds=1,
     startup_workers=(1, 2),
+    bookkeeping_trials=8,
+    bookkeeping_population=4,
+    bookkeeping_rounds=1,
 )
 
 # Every headline figure of the full run, at sizes for ~10 minutes here, with >= 3 rounds or seeds
@@ -341,4 +355,6 @@ STANDARD = dataclasses.replace(
     limit_probe_seconds=0.5,
     # Workers' memory is a figure of the full run: three more sweeps would pass 12 minutes.
     startup_workers=(),
+    # Bookkeeping before/after is a figure of the full run too: two more runs would pass 12.
+    bookkeeping_rounds=0,
 )

@@ -53,6 +53,7 @@ SECTION_MODULES: dict[str, str] = {
     "population": "benchmarks.population",
     "population_sweep": "benchmarks.population_sweep",
     "startup": "benchmarks.startup",
+    "bookkeeping": "benchmarks.bookkeeping",
 }
 
 FULL_EPOCH_SAMPLES = 55000
@@ -126,6 +127,8 @@ def estimate_seconds(sections: tuple[str, ...], settings: Settings, n_train: int
     cost["startup"] = (
         16 + 20 * s.startup_rounds + sum(12 + 3 * workers for workers in s.startup_workers)
     )
+    # Per run ~12 s of start-up and warm-up, then ~0.5 s per trial before, ~0.15 s after.
+    cost["bookkeeping"] = s.bookkeeping_rounds * (24 + 0.65 * s.bookkeeping_trials)
     return 15 + sum(cost[name] * MEASURED_FACTOR.get(name, 1.0) for name in sections)
 
 

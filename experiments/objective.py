@@ -141,7 +141,11 @@ class EpochRecorder:
     signals_held: bool = False
     """The caller holds signals around every call (`GATE.hold`), e.g. until each member of a
     population has stored the epoch; otherwise each call is a `GATE.deferred` block."""
+    table_stored_by_caller: bool = False
+    """The caller stores `table()` itself after the epoch (a population: every member's in one
+    write, `experiments.trial_records`); `unstored` says a new epoch awaits it."""
     histories: list[list[tuple[EpochMetrics, int]]] = field(default_factory=list)
+    unstored: bool = False
 
     def on_epoch(self, seed_index: int, metrics: EpochMetrics) -> bool:
         """The trainer's callback for seed `seed_index`; True asks it to stop (pruned)."""
@@ -154,7 +158,10 @@ class EpochRecorder:
             return self._store(seed_index, metrics)
 
     def _store(self, seed_index: int, metrics: EpochMetrics) -> bool:
-        self.trial.set_user_attr("epochs", self.table())
+        if self.table_stored_by_caller:
+            self.unstored = True
+        else:
+            self.trial.set_user_attr("epochs", self.table())
         if seed_index == 0 and self.report_to_pruner:
             # Only the first seed's curve is reported: one learning curve per trial.
             best_so_far = max(m.val_accuracy for m, _ in self.histories[0])
@@ -215,7 +222,9 @@ class Objective:
 
     @property
     def reports_to_pruner(self) -> bool:
-        return not self.sweep.multi_objective
+        """Only a pruner reads intermediate values: without one, a report per epoch would be a
+        storage write per epoch for nothing (the epochs table holds every figure)."""
+        return not self.sweep.multi_objective and self.sweep.pruner != "none"
 
     def config_for(self, trial: optuna.Trial) -> TrainConfig:
         """The trial's training settings: the study's choices on top of the fixed ones."""
@@ -251,19 +260,32 @@ class Objective:
     ) -> float | tuple[float, float]:
         """Store the trial's summary; raise `TrialPruned` if it stopped early, else return the
         objective value(s), with the first seed's weights stored."""
+        for name, value in self.conclusion_attrs(results).items():
+            trial.set_user_attr(name, value)
+        return self.outcome(results)
+
+    def conclusion_attrs(self, results: list[TrainResult]) -> dict[str, object]:
+        """What a finished trial stores before it is told: its summary figures, each seed's
+        when there are several, and (unless pruned) the first seed's weights."""
         summary = summarise(results)
-        for name in SUMMARY_FIGURES:
-            value = summary[name]
-            trial.set_user_attr(name, None if math.isnan(value) else value)
+        attrs: dict[str, object] = {
+            name: None if math.isnan(summary[name]) else summary[name] for name in SUMMARY_FIGURES
+        }
         if len(results) > 1:
-            trial.set_user_attr("per_seed", [_finite(r.summary()) for r in results])
+            attrs["per_seed"] = [_finite(r.summary()) for r in results]
+        if not results[-1].stopped_early:
+            attrs[WEIGHTS_ATTR] = encode_weights(results[0].model)
+        return attrs
+
+    def outcome(self, results: list[TrainResult]) -> float | tuple[float, float]:
+        """The objective value(s) to tell; `TrialPruned` if the trial stopped early."""
         if results[-1].stopped_early:
             last = results[-1].last
             raise optuna.TrialPruned(
                 f"pruned after epoch {last.epoch}: best val accuracy "
                 f"{results[-1].best_val_accuracy:.4f}"
             )
-        trial.set_user_attr(WEIGHTS_ATTR, encode_weights(results[0].model))
+        summary = summarise(results)
         accuracy = summary["best_val_accuracy"]
         if self.sweep.multi_objective:
             seconds = summary["time_to_target_seconds"]
@@ -271,20 +293,30 @@ class Objective:
         return accuracy
 
     def _store_settings(self, trial: optuna.Trial, config: TrainConfig, population: int) -> None:
-        # A trial queued again after its worker died inherits the dead trial's attributes:
-        # every one that describes a run is overwritten here, before training starts.
+        for name, value in self.start_attrs(trial, config, population).items():
+            trial.set_user_attr(name, value)
+
+    def start_attrs(
+        self, trial: optuna.Trial, config: TrainConfig, population: int
+    ) -> dict[str, object]:
+        """What a trial stores before it trains: settings, environment, worker."""
         settings = {name: getattr(config, name) for name in SETTING_NAMES}
         settings.update(repeats=self.sweep.repeats, seeds=self.seeds, device=config.device)
         # Trained beside population - 1 other trials: its time figures are the shared pass's.
         settings.update(population=population)
         settings.update(self.fixed_settings)
-        trial.set_user_attr("settings", settings)
-        trial.set_user_attr("environment", self.environment)
-        trial.set_user_attr("worker", self.worker_id)
+        attrs: dict[str, object] = {
+            "settings": settings,
+            "environment": self.environment,
+            "worker": self.worker_id,
+        }
+        # A trial queued again after its worker died inherits the dead trial's attributes:
+        # every one that describes a run is overwritten here, before training starts.
         inherited = trial.user_attrs  # one read; a write per attribute is what costs
         for name, empty in (("epochs", {}), ("fail_reason", "")):
             if inherited.get(name):
-                trial.set_user_attr(name, empty)
+                attrs[name] = empty
+        return attrs
 
     def _train_seeds(self, config: TrainConfig, recorder: EpochRecorder) -> list[TrainResult]:
         results = []

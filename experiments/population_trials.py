@@ -5,8 +5,9 @@
 
 Ask-and-tell: a pass takes the batch size with the fewest trials so far (or that of the queued
 trials, which come first) and asks the study's sampler for K learning rates at it
-(`optuna.samplers.PartialFixedSampler` over the study's sampler; TPE's `constant_liar` makes them
-differ from each other and from trials running elsewhere), so the batch sizes take turns and
+(`optuna.samplers.PartialFixedSampler` over the study's sampler, all K from one read of the
+study: `experiments.pass_sampler`; TPE's `constant_liar` makes them differ from each other and
+from trials running elsewhere), so the batch sizes take turns and
 each gets its learning rate searched. Trials whose batch size is fixed in advance (a retry of a
 dead worker's trial, a grid point) may still differ (another worker can pop the queue in
 between): each batch size of a pass trains as its own population. Every member is an ordinary
@@ -15,16 +16,23 @@ exactly as `Objective` stores them for a trial trained alone, and it is mirrored
 MLflow run as it starts and ends. Only its time figures differ: they are those of the shared
 pass (K models), and `settings.population` says how many shared it.
 
-Liveness: Optuna's heartbeat thread runs only inside `study.optimize`; here one thread beats for
-every member while the pass runs, so a worker killed mid-pass leaves each member to be failed
-(and retried) by the next worker or reconcile, as in single mode. Interrupted (Ctrl-C, SIGTERM,
-SIGHUP), every member still running is stored FAIL with the reason before the signal goes on.
+Bookkeeping off the hot path: the pass's members store together, each kind of record in one
+storage transaction for all of them (`experiments.trial_records`): their settings before
+training, their epoch tables after each epoch, their summaries before any is told; each is then
+told on its own (Optuna's `tell`), so a COMPLETE trial always holds its whole record. MLflow
+is written by a thread of its own (`experiments.mirror_queue`) from snapshots of those durable
+records, and the pass drains it before it returns.
+
+Liveness: one thread beats for every member while the pass runs (`experiments.heartbeats`), so
+a worker killed mid-pass leaves each member to be failed (and retried) by the next worker or
+reconcile, as in single mode. Interrupted (Ctrl-C, SIGTERM, SIGHUP), every member still running
+is stored FAIL with the reason before the signal goes on.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,9 +43,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
+from experiments.heartbeats import Heartbeats
 from experiments.interrupts import GATE
+from experiments.mirror_queue import MirrorQueue
 from experiments.objective import EpochRecorder, Objective
+from experiments.pass_sampler import Presampled, sample_points
 from experiments.store_faults import is_store_failure
+from experiments.trial_records import write_user_attrs
 from experiments.trial_tracker import TrialTracker
 from softmaxreg.config import TrainConfig
 from softmaxreg.population import train_population
@@ -65,44 +77,6 @@ class Member:
         return self.error is None and not (self.results and self.results[-1].stopped_early)
 
 
-class Heartbeats:
-    """Beats for every trial of the running pass (Optuna's own thread beats only one)."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: list[int] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._beat_until_stopped, daemon=True)
-
-    def __enter__(self) -> Heartbeats:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def add(self, trial_id: int) -> None:
-        """Beat for `trial_id` from now on; the first beat is written before this returns, so
-        the trial never sits unbeaten (a trial with no beat at all is never failed as stale)."""
-        with self._lock:
-            self.trial_ids.append(trial_id)
-            self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-
-    def clear(self) -> None:
-        with self._lock:
-            self.trial_ids = []
-
-    def _beat_until_stopped(self) -> None:
-        # `record_heartbeat` of the sweep's storage (`experiments.study.SweepStorage`) lets a
-        # passing outage be a missed beat, not the end of this thread.
-        while not self._stop.wait(self.interval):
-            with self._lock:
-                for trial_id in self.trial_ids:
-                    self.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
-
-
 class PopulationTrials:
     """This worker's trials, K at a time; the ask-and-tell counterpart of `study.optimize`."""
 
@@ -110,12 +84,21 @@ class PopulationTrials:
         self, study: optuna.Study, objective: Objective, tracker: TrialTracker, size: int
     ) -> None:
         self.study, self.objective, self.tracker, self.size = study, objective, tracker, size
+        self.queue: MirrorQueue | None = None
+        # The sampler of the pass's snapshots (`experiments.pass_sampler`): the study's, copied
+        # before its first use (same kind, seed and settings), since a sampler's search-space
+        # cache binds it to the first study it samples for.
+        self.snapshot_sampler = copy.deepcopy(study.sampler)
 
     def run(self, n_trials: int, timeout: float | None) -> None:
-        """Start at most `n_trials` trials; stop starting passes after `timeout` seconds."""
+        """Start at most `n_trials` trials; stop starting passes after `timeout` seconds.
+        Returns once every trial's MLflow run matches its record."""
         started = time.monotonic()
         interval = self.study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
-        with Heartbeats(self.study._storage, interval or 10) as beats:
+        with (
+            Heartbeats(self.study._storage, interval or 10) as beats,
+            MirrorQueue(self.tracker) as self.queue,
+        ):
             asked = 0
             while asked < n_trials and (timeout is None or time.monotonic() - started < timeout):
                 with warnings.catch_warnings():
@@ -130,6 +113,9 @@ class PopulationTrials:
                     self.fail_untold_if_possible(members, error)
                     raise
                 beats.clear()
+                self.tracker.show_best(self.study)
+                self.queue.check()  # an outage the mirror's thread gave up on stops here
+            self.queue.drain()
 
     def ask(self, count: int, beats: Heartbeats) -> list[Member]:
         """Up to `count` trials at one batch size, each with a learning rate from the study's
@@ -150,11 +136,14 @@ class PopulationTrials:
         batch_size = queued[0] if queued else None
         if batch_size is None:
             batch_size = least_tried_batch_size(trials, self.objective.sweep.batch_sizes)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
-            self.study.sampler = optuna.samplers.PartialFixedSampler(
-                {"batch_size": batch_size}, base
-            )
+        # The sampler chooses the trials the queue does not hold, all from this one read.
+        fresh = count - min(len(queued), count)
+        points = sample_points(
+            self.study, fix_batch_size(batch_size, self.snapshot_sampler), trials, fresh,
+            self.objective.config_for,
+        )  # fmt: skip
+        queued_first = [{}] * (count - fresh)  # their params are fixed, or left to `base`
+        self.study.sampler = Presampled(queued_first + points, fix_batch_size(batch_size, base))
         try:
             return [self._ask_one(beats) for _ in range(count)]
         finally:
@@ -174,44 +163,82 @@ class PopulationTrials:
             self.objective.seeds,
             report_to_pruner=self.objective.reports_to_pruner,
             signals_held=True,  # by `on_member_epoch` until `on_epoch_end`
+            table_stored_by_caller=True,  # every member's at once, by `store_epoch`
         )
         return Member(trial, config, recorder)
 
     def train_and_tell(self, members: list[Member]) -> None:
-        """Train one batch size's members together, seed by seed; tell each, then mirror each
-        (all are told first, so a signal held during the mirror finds every result stored)."""
-        for member in members:
-            self.objective.begin(member.trial, member.config, population=len(members))
+        """Train one batch size's members together, seed by seed; store every member's
+        summary, tell each, and queue each for the mirror."""
+        self.begin(members)
         for index, seed in enumerate(self.objective.seeds):
             going_on = [m for m in members if m.training]
             if not going_on:
                 break
             self.train_seed(going_on, index, seed)
-        finished = [self.tell(member) for member in members]
-        for trial in finished:
-            self.tracker(self.study, trial)
+        write_user_attrs(self.study, [(m.trial, self.conclusion(m)) for m in members])
+        for member in members:
+            trial = self.tell(member)
+            self.tracker.finished(trial)
+            self.queue.put(trial)  # type: ignore[union-attr]
+        GATE.raise_pending()  # a signal held during the writes stops the worker here
+
+    def begin(self, members: list[Member]) -> None:
+        """Store every member's settings in one write, then queue their runs' creation."""
+        writes = [
+            (m.trial, self.objective.start_attrs(m.trial, m.config, population=len(members)))
+            for m in members
+        ]
+        with GATE.deferred():  # a signal before training: every member is failed with it
+            write_user_attrs(self.study, writes)
+            # One read for every member's snapshot (their settings included) for the mirror.
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            by_id = {trial._trial_id: trial for trial in running}
+            for member in members:
+                self.tracker.started.append(member.trial._trial_id)
+                if member.trial._trial_id in by_id:
+                    self.queue.put(by_id[member.trial._trial_id])  # type: ignore[union-attr]
 
     def train_seed(self, members: Sequence[Member], index: int, seed: int) -> None:
         configs = [replace(m.config, seed=seed) for m in members]
         callbacks = [functools.partial(on_member_epoch, m.recorder, index) for m in members]
         with GATE.interruptible():
             results = train_population(
-                configs, self.objective.data, callbacks, on_epoch_end=on_epoch_end
+                configs,
+                self.objective.data,
+                callbacks,
+                on_epoch_end=functools.partial(self.store_epoch, members),
             )
         for member, result in zip(members, results, strict=True):
             member.results.append(result)
             member.error = result.error
 
+    def store_epoch(self, members: Sequence[Member], epoch: int) -> None:
+        """Every member's epoch table that has a new epoch, in one write; then a safe point."""
+        writes = []
+        for member in members:
+            if member.recorder.unstored:
+                member.recorder.unstored = False
+                writes.append((member.trial, {"epochs": member.recorder.table()}))
+        write_user_attrs(self.study, writes)
+        on_epoch_end(epoch)
+
+    def conclusion(self, member: Member) -> dict[str, object]:
+        """What the member stores before it is told: why it failed, or its summary."""
+        if member.error is not None:
+            return {"fail_reason": str(member.error)}  # as `Objective.record_divergence`
+        return self.objective.conclusion_attrs(member.results)
+
     def tell(self, member: Member) -> FrozenTrial:
-        """Store the member's outcome as `study.optimize` would have; log one line."""
+        """Tell the member's outcome (its record is stored) as `study.optimize` would have;
+        log one line."""
         trial = member.trial
         member.told = True
         if member.error is not None:
-            self.objective.record_divergence(trial, member.error)
             LOGGER.warning(f"Trial {trial.number} failed: {member.error}")
             return self._tell(trial, state=TrialState.FAIL)
         try:
-            values = self.objective.conclude(trial, member.results)
+            values = self.objective.outcome(member.results)
         except optuna.TrialPruned as pruned:
             LOGGER.info(f"Trial {trial.number} pruned. {pruned}")
             return self._tell(trial, state=TrialState.PRUNED)
@@ -260,6 +287,13 @@ def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetr
 
 def on_epoch_end(_epoch: int) -> None:
     GATE.release()
+
+
+def fix_batch_size(batch_size: int, sampler: optuna.samplers.BaseSampler):
+    """`sampler` with the pass's batch size fixed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
+        return optuna.samplers.PartialFixedSampler({"batch_size": batch_size}, sampler)
 
 
 def least_tried_batch_size(trials: Sequence[FrozenTrial], batch_sizes: Sequence[int]) -> int:

@@ -66,6 +66,25 @@ class TrialTracker:
         self.progress.set_postfix_str(best_so_far(study), refresh=True)
         GATE.raise_pending()  # a signal held during the writes stops the worker here
 
+    def finished(self, trial: FrozenTrial) -> None:
+        """A population member was told (`experiments.population_trials`; its mirror is queued):
+        count it and move the progress bar."""
+        self._count(trial)
+        self.progress.update()
+
+    def show_best(self, study: optuna.Study) -> None:
+        """The best trial so far on the progress bar, once per pass (a read of the study)."""
+        if not self.progress.disable:
+            self.progress.set_postfix_str(best_so_far(study), refresh=True)
+
+    def mirror_now(self, trial: FrozenTrial) -> None:
+        """Make the trial's run match this snapshot: one try while it runs, patient once it
+        has finished (then it counts as mirrored). Called by `MirrorQueue`'s thread."""
+        finished = trial.state.is_finished()
+        self.mirror.sync(trial, patient=finished)
+        if finished:
+            self.synced.add(trial._trial_id)
+
     def _count(self, trial: FrozenTrial) -> None:
         if trial._trial_id in self.counted:
             return

@@ -35,7 +35,7 @@ CEILING_POINTS = (
     * len(QUICK.ceiling_weight_decays)
 )
 # Sweeps as processes load MNIST through the verified CLI.
-NEEDS_REAL_MNIST = ("sweep_workers", "population_sweep", "startup")
+NEEDS_REAL_MNIST = ("sweep_workers", "population_sweep", "startup", "bookkeeping")
 MEASURED_ON_SYNTHETIC = tuple(name for name in SECTIONS if name not in NEEDS_REAL_MNIST)
 N_BS = len(QUICK.batch_sizes)
 THREADS = len({1, all_threads()})
@@ -520,3 +520,11 @@ def test_sweeps_as_processes_on_real_mnist(real_mnist_root, tmp_path):
     memory = read(out, "startup_memory")
     assert list(memory.workers) == [1, 2] and list(memory.processes) == [1, 3]
     assert (memory.rss_mb >= memory.pss_mb).all() and (memory.pss_mb > 0).all()
+    # Before (the baseline commit's code) and after, each its trials all COMPLETE, every part
+    # measured; the batched code commits fewer Optuna transactions per trial.
+    runs = read(out, "bookkeeping_runs")
+    assert sorted(runs.version) == ["after", "before"]
+    assert (runs.complete == QUICK.bookkeeping_trials + QUICK.bookkeeping_population).all()
+    assert (runs.arithmetic_ms > 0).all() and (runs.bookkeeping_ms > 0).all()
+    by_version = runs.set_index("version")
+    assert by_version.optuna_commits["after"] < by_version.optuna_commits["before"]

@@ -1,0 +1,151 @@
+"""The MLflow mirror on a thread of its own, so that training never waits on it.
+
+    with MirrorQueue(tracker) as queue:      # PopulationTrials.run
+        queue.put(frozen_trial)              # after its settings are stored / after its tell
+        queue.check()                        # a safe point: an outage past the wait raises here
+        queue.drain()                        # at the end: every put trial mirrored, or raise
+
+What is put is a snapshot of a trial's record, already durable in Optuna's storage (the source
+of truth); the thread makes the trial's run match it with `Mirror.sync`, which is idempotent.
+Per trial only the newest snapshot waits: a finished one replaces a running one (never the
+reverse), so a run is never set back to RUNNING after its end was written. A running snapshot
+waits `START_DELAY_SECONDS` before it is mirrored: a trial that ends sooner (most trials of a
+short study's populations) costs one sync, its end, not two; a longer one shows in MLflow as
+RUNNING from then on. A running snapshot is tried once
+(as the single-trial sweep does at a trial's start); a finished one is retried for
+--tracking-wait-seconds, then the `TrackingUnavailable` is raised on the main thread at its
+next `check()` or `drain()`. What the queue still held when the process died is repaired by
+the next worker's or `python -m experiments.reconcile`'s reconcile.
+
+Only this thread calls the mirror while the queue is open: the main thread calls it again
+after `drain()` or `close()`, which join the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+
+from optuna.trial import FrozenTrial
+
+from experiments.interrupts import GATE
+from experiments.mirror import TrackingUnavailable
+from experiments.trial_tracker import TrialTracker
+
+START_DELAY_SECONDS = 5.0
+"""How long a running trial's snapshot waits before its run is created: a finished snapshot
+arriving meanwhile replaces it (MLflow's SQL store costs ~10 ms of CPU per call here)."""
+
+
+class MirrorQueue:
+    """Trials waiting to be mirrored, newest snapshot per trial, and the thread that does it."""
+
+    def __init__(self, tracker: TrialTracker) -> None:
+        self.tracker = tracker
+        self._waiting: OrderedDict[int, FrozenTrial] = OrderedDict()
+        self._since: dict[int, float] = {}
+        """When each waiting trial was first put (a running snapshot waits from then)."""
+        self._flushing = False
+        self._busy = False
+        self._closing = False
+        self._error: BaseException | None = None
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="mlflow-mirror", daemon=True)
+
+    def __enter__(self) -> MirrorQueue:
+        self.tracker.mirror.stopping = self._stopping
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+    def put(self, trial: FrozenTrial) -> None:
+        with self._condition:
+            waiting = self._waiting.get(trial._trial_id)
+            if waiting is not None and waiting.state.is_finished():
+                return  # the finished snapshot waiting already is the newer one
+            self._waiting[trial._trial_id] = trial
+            self._since.setdefault(trial._trial_id, time.monotonic())
+            self._condition.notify_all()
+
+    def check(self) -> None:
+        """Raise on this (the main) thread the outage the mirror's thread gave up on (again at
+        every later check: the thread has stopped)."""
+        with self._condition:
+            error = self._error
+        if error is not None:
+            raise error
+
+    def drain(self) -> None:
+        """Wait until every trial put is mirrored (or the mirror gave up, which raises). A safe
+        point: a signal stops the wait (the rest is mirrored with one try, or by reconcile)."""
+        with self._condition:
+            self._flushing = True  # running snapshots left now go at once
+            self._condition.notify_all()
+            while (self._waiting or self._busy) and self._error is None:
+                self._condition.wait(timeout=0.2)
+                GATE.raise_pending()
+        self.check()
+
+    def close(self) -> None:
+        """Stop after the sync in progress (its retries cut short); what waits is dropped, for
+        `TrialTracker.sync_unsynced` or reconcile to mirror."""
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.tracker.mirror.stopping = None
+
+    def _stopping(self) -> bool:
+        return self._closing
+
+    def _next(self) -> FrozenTrial | None:
+        """The first waiting snapshot that is due (None once closing), waiting for one."""
+        with self._condition:
+            self._busy = False
+            self._condition.notify_all()
+            while not self._closing:
+                due, wait = self._first_due()
+                if due is not None:
+                    self._busy = True
+                    self._since.pop(due, None)
+                    return self._waiting.pop(due)
+                self._condition.wait(wait)
+            return None
+
+    def _first_due(self) -> tuple[int | None, float | None]:
+        """(a due trial's id, None), or (None, seconds until the next is due or None)."""
+        now, soonest = time.monotonic(), None
+        for trial_id, trial in self._waiting.items():
+            if trial.state.is_finished() or self._flushing:
+                return trial_id, None
+            left = self._since[trial_id] + START_DELAY_SECONDS - now
+            if left <= 0:
+                return trial_id, None
+            soonest = left if soonest is None else min(soonest, left)
+        return None, soonest
+
+    def _work(self) -> None:
+        while (trial := self._next()) is not None:
+            try:
+                self.tracker.mirror_now(trial)
+            except TrackingUnavailable as error:
+                if not trial.state.is_finished():
+                    self.tracker.log(
+                        f"trial {trial.number} runs without its MLflow run for now: {error}"
+                    )
+                    continue
+                self._fail(error)
+                return
+            except BaseException as error:  # a bug: stop, and let the main thread raise it
+                self._fail(error)
+                return
+
+    def _fail(self, error: BaseException) -> None:
+        with self._condition:
+            self._error = error
+            self._busy = False
+            self._condition.notify_all()
