@@ -26,15 +26,10 @@ from experiments.mirror import Mirror
 from experiments.objective import EPOCH_FIGURES, SUMMARY_FIGURES, Objective
 from experiments.reconcile import reconcile_study
 from experiments.study import open_storage
+from experiments.trial_loop import run_trials
 from experiments.trial_tracker import TrialTracker
 from experiments.weights import WEIGHTS_ATTR
-from experiments.worker import (
-    environment_tags,
-    fixed_settings,
-    open_study_and_mirror,
-    run_sweep,
-    run_trials,
-)
+from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror, run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
 from tests.services import sqlite_rows, wait_for
 from tests.test_sweep import child_runs, sweep_config
@@ -128,7 +123,7 @@ def open_loop(stores: dict[str, str], synthetic_splits, config: SweepConfig):
 def test_once_the_queue_drains_every_run_matches_its_trial(stores, synthetic_splits):
     config = sweep_config(stores, n_trials=8, population=4, pruner="none")
     study, tracker, objective = open_loop(stores, synthetic_splits, config)
-    run_trials(study, objective, tracker, 8)
+    run_trials(study, objective, tracker, 8, timeout=None)
     assert tracker.synced == {t._trial_id for t in study.trials}
 
     fresh = Mirror.open(Stores.from_config(config), study, wait_seconds=5, log=quiet)
