@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experiments.third_party_warnings import KNOWN_WARNINGS
 from softmaxreg.data import (
     DATASETS,
     RAW_FILES,
@@ -30,6 +31,13 @@ runs, so a fresh clone fetches once and every later run reads them."""
 # The workplace keeps a verified copy of the original MNIST files beside the checkout: one more
 # local source for the cache when present. The product never needs it.
 SHARED_DATA = Path(os.environ.get("SOFTMAXREG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The warnings our commands hide, hidden in the tests' warnings summary too (the same list,
+    `experiments.third_party_warnings`); every other warning still shows there."""
+    for known in KNOWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", known.pytest_filter())
 
 
 @pytest.fixture(autouse=True)
