@@ -46,9 +46,6 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-# One pytest-xdist worker runs this module's tests, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("browser")
-
 
 @pytest.fixture(scope="module")
 def served_sweep(tmp_path_factory, synthetic_splits):

@@ -31,10 +31,6 @@ def initialised_mlflow_db(tmp_path_factory: pytest.TempPathFactory):
     return template
 
 
-# One pytest-xdist worker runs this module's tests, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("export")
-
-
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, synthetic_splits):
     """A study of two COMPLETE trials (two seeds each) and one diverged trial."""

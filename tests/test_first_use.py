@@ -30,13 +30,7 @@ import pytest
 from softmaxreg.data import DATA_ENV_VAR, DATASETS
 from tests.services import STARTUP_SECONDS, free_port
 
-# One pytest-xdist worker runs this module's tests, so its module fixture runs once.
-pytestmark = [
-    pytest.mark.real_data,
-    pytest.mark.slow,
-    pytest.mark.timeout(900),
-    pytest.mark.xdist_group("first_use"),
-]
+pytestmark = [pytest.mark.real_data, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PLAIN_PATH = "/usr/bin:/bin"

@@ -22,13 +22,9 @@ WORKER_BUDGET_NS = 1_000_000
 """On-CPU time all other threads together may use during a run: 1 ms, far less than a 2-thread
 evaluation of the splits gives a worker (hundreds of ms measured), far more than none."""
 
-# One pytest-xdist worker runs this module's tests, so its module fixture runs once.
-pytestmark = [
-    pytest.mark.skipif(
-        not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc/self/task"
-    ),
-    pytest.mark.xdist_group("threads"),
-]
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc/self/task"
+)
 
 
 @pytest.fixture(scope="module")

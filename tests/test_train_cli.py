@@ -47,10 +47,6 @@ def bad_data_root(root: Path) -> Path:
     return bad_file
 
 
-# One pytest-xdist worker runs this module's tests, so its module fixture runs once.
-pytestmark = pytest.mark.xdist_group("train_cli")
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[subprocess.Popen[str], Path | None]]:
     """Every process of this module, started at once; each test waits for its own."""
