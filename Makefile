@@ -21,8 +21,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Parallel pytest workers (pytest-xdist): most tests wait on processes, servers and stores, so
+# more workers than cores keep both cores busy. --dist loadscope hands out whole modules, so a
+# module-scoped fixture runs once (loadgroup's xdist_group marks do not take with pytest 9.2).
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 sweep: $(STAMP)
 	$(BIN)/python -m experiments.sweep $(ARGS)

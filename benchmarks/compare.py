@@ -46,6 +46,7 @@ import pandas as pd
 
 from benchmarks.recording import EXPERIMENT_NAME
 from benchmarks.report import ENVIRONMENT_NAME, ROUNDS_COLUMNS, ROUNDS_NAME
+from experiments.third_party_warnings import hide_third_party_warnings
 
 DEFAULT_TRACKING_URI = "sqlite:///benchmark-results/mlflow.db"
 COVERAGE = 0.95
@@ -259,6 +260,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hide_third_party_warnings()
     from benchmarks.compare_report import environment_warnings, markdown, plot_ratios
 
     args = parse_args(argv)

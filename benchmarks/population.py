@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from benchmarks.common import Check, Context, SectionResult, Table
+from experiments.third_party_warnings import hide_third_party_warnings
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import TrainConfig, require, require_int
 from softmaxreg.data import DataSplits
@@ -245,6 +246,7 @@ def step_profile(data: DataSplits, batch_size: int = 16, repeats: int = 5) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__)
     add_dataclass_arguments(parser, PopulationBenchConfig)
     config = dataclass_from_args(parser, PopulationBenchConfig, parser.parse_args(argv))

@@ -33,6 +33,7 @@ from benchmarks.common import (
 from benchmarks.config import BenchConfig, Settings
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.report import write_environment, write_report, write_rounds, write_tables
+from experiments.third_party_warnings import hide_third_party_warnings
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
 from softmaxreg.data import DataError, DataSplits, load_splits
@@ -255,6 +256,7 @@ def section_runner(name: str) -> Callable[[Context], SectionResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser, config = parse_config(argv)
     try:
         device = resolve_device(config.device)

@@ -32,6 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import Check, Context, NotMeasured, SectionResult, Table
+from experiments.third_party_warnings import hide_third_party_warnings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SWEEP = ["--n-trials", "1", "--epochs", "1", "--batch-sizes", "1024", "--quiet"]
@@ -206,6 +207,7 @@ def run(context: Context) -> SectionResult:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.startup", description=__doc__)
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding MNIST/raw")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds (default 3)")

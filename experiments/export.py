@@ -112,6 +112,7 @@ from experiments.stores import (
     validate_tracking_uri,
 )
 from experiments.study import open_storage
+from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.tracking import search_trial_runs
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import require
@@ -240,6 +241,7 @@ def export_study(config: ExportConfig) -> Export:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser = argparse.ArgumentParser(
         prog="python -m experiments.export",
         description="Export a sweep: one CSV row per trial (Optuna joined with MLflow), and the "

@@ -45,7 +45,9 @@ from mlflow.models import infer_signature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking._model_registry import utils as registry_utils
 from mlflow.tracking._tracking_service import utils as tracking_utils
-from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+from mlflow.utils.autologging_utils.logging_and_warnings import (
+    MlflowEventsAndWarningsBehaviorGlobally,
+)
 from optuna.trial import FrozenTrial, TrialState
 
 import softmaxreg
@@ -105,16 +107,17 @@ def tracking_uri(uri: str) -> Iterator[None]:
             registry_utils._registry_uri = registry_before
 
 
-@contextlib.contextmanager
-def mlflow_events_silenced() -> Iterator[None]:
+def mlflow_events_silenced() -> MlflowEventsAndWarningsBehaviorGlobally:
     """MLflow's event stream off for the call: registering prints "Successfully registered
-    model ..." and "Created version '1' ..." on stderr, which the sweep's report says once."""
-    before = MLFLOW_LOGGING_STREAM.enabled
-    MLFLOW_LOGGING_STREAM.enabled = False
-    try:
-        yield
-    finally:
-        MLFLOW_LOGGING_STREAM.enabled = before
+    model ..." and "Created version '1' ..." on stderr, which the sweep's report says once.
+
+    MLflow's own counted switch, not `MLFLOW_LOGGING_STREAM.enabled = False`: modules that
+    `log_model` imports on first use (`mlflow.types.responses`, through `mlflow.pyfunc`) wrap
+    their import-time work in this switch, and its exit turns the stream back on whenever its
+    count falls to zero, so a flag set beside it was undone before registration printed."""
+    return MlflowEventsAndWarningsBehaviorGlobally(
+        disable_event_logs=True, disable_warnings=False, reroute_warnings=False
+    )
 
 
 def registered_version(client: MlflowClient, name: str, run_id: str) -> str | None:

@@ -34,6 +34,7 @@ from experiments.stores import (
     check_tracking_uri,
 )
 from experiments.study import OPTUNA_SCHEMA_LOCK, find_study
+from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.workers import live_workers
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
@@ -92,6 +93,7 @@ def reconcile_study(sweep: SweepConfig, log=print) -> tuple[Mirror, int, int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser = argparse.ArgumentParser(
         prog="python -m experiments.reconcile",
         description="Rebuild a study's MLflow runs from its Optuna trials (idempotent).",

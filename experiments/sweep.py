@@ -65,6 +65,7 @@ from experiments.study import (
     check_resumable,
     find_study,
 )
+from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
 from experiments.workers import RunWorker, run_workers, threads_per_worker
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
@@ -214,6 +215,7 @@ def run_one_worker(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    hide_third_party_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, sweep, train_config, data_config = parse_args(argv)
     try:

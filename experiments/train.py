@@ -16,6 +16,7 @@ import sys
 from tqdm import tqdm
 
 from experiments.common import load_data_or_exit, parse_configs
+from experiments.third_party_warnings import hide_third_party_warnings
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.device import DeviceUnavailableError, resolve_device
 from softmaxreg.trainer import EpochMetrics, TrainingDiverged, train
@@ -32,6 +33,7 @@ def format_row(metrics: EpochMetrics) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    hide_third_party_warnings()
     parser = argparse.ArgumentParser(
         prog="python -m experiments.train",
         description="Train softmax regression once and print a per-epoch table.",

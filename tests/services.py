@@ -81,8 +81,25 @@ class MlflowServer:
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.process: subprocess.Popen | None = None
+        self.started = False
 
     def start(self) -> None:
+        """Start the server and wait until it answers. A first start whose port was taken in
+        the meantime (`free_port` only found it free; tests run in parallel pytest workers)
+        moves to another port; a restart keeps its port, as a server back from an outage does."""
+        for _ in range(3):
+            if self._launch():
+                self.started = True
+                return
+            log = (self.folder / "server.log").read_text()
+            if self.started or "already in use" not in log:
+                pytest.fail(f"mlflow server exited:\n{log}")
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+        pytest.fail(f"mlflow server found no free port:\n{log}")
+
+    def _launch(self) -> bool:
+        """True once healthy, False if the process exited first."""
         log = (self.folder / "server.log").open("a")
         self.process = subprocess.Popen(
             [str(MLFLOW), "server", "--backend-store-uri", self.backend_uri,
@@ -98,10 +115,11 @@ class MlflowServer:
         deadline = time.monotonic() + STARTUP_SECONDS
         while not self.healthy():
             if self.process.poll() is not None:
-                pytest.fail(f"mlflow server exited:\n{(self.folder / 'server.log').read_text()}")
+                return False
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server not healthy after {STARTUP_SECONDS} s")
             time.sleep(0.5)
+        return True
 
     def healthy(self) -> bool:
         try:

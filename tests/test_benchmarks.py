@@ -23,6 +23,7 @@ from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.population import QUICK as POPULATION_QUICK
 from benchmarks.report import ROUNDS_COLUMNS, format_cell, markdown_table
 from benchmarks.runner import estimate_seconds, main
+from benchmarks.sweep_throughput import REFIT_MODEL, TRIAL_MODEL
 from benchmarks.time_to_accuracy import best_lrs, median_with_misses
 from softmaxreg.config import LR_SCHEDULE_CHOICES
 
@@ -130,6 +131,7 @@ EXPECTED_TABLES = [
         ["mode", "trial_seconds", "mlflow_seconds"],
     ),
     ("sweep_throughput", 9, ["figure", "value"]),
+    ("sweep_throughput_refit", 2, ["model", "trial", "train_examples", "test_accuracy"]),
     ("sweep_throughput_trials", QUICK.sweep_trials, ["trial_number", "state", "batch_size", "lr"]),
     ("fashion_mnist", N_BS, ["batch_size", "best_lr", "median_seconds_to_0.92"]),
     ("fashion_mnist_lr_sweep", N_BS * len(QUICK.sweep_lrs), ["batch_size", "lr"]),
@@ -249,6 +251,33 @@ def test_figures_are_in_range(quick_run):
     tracked = read(out, "tracking_overhead_runs")
     assert (tracked[tracked["mode"] == "tracked"].mlflow_seconds > 0).all()
     assert (tracked[tracked["mode"] == "untracked"].mlflow_seconds == 0).all()
+
+
+def test_the_default_study_shows_the_refit_model_beside_its_best_trial(quick_run):
+    """The sweep section's study ends with its refit: the registered model (the best trial's
+    configuration on train + validation) and the trial's own weights, both scored on test."""
+    _, out = quick_run
+    refit = read(out, "sweep_throughput_refit").set_index("model")
+    trials = read(out, "sweep_throughput_trials")
+    trial, model = refit.loc[TRIAL_MODEL], refit.loc[REFIT_MODEL]
+    assert trial.trial == model.trial
+    complete = trials[trials.state == "COMPLETE"]
+    best = complete.loc[complete.best_val_accuracy.idxmax()]
+    assert trial.trial == best.trial_number
+    assert trial.test_accuracy == pytest.approx(best.final_test_accuracy)
+    assert trial.train_examples == QUICK.synthetic_train - QUICK.synthetic_val
+    assert model.train_examples == QUICK.synthetic_train  # train + validation
+    assert 0 < model.test_accuracy <= 1
+    report = (out / "report.md").read_text(encoding="utf-8")
+    both = (
+        f"{model.test_accuracy:.4f} for the refit model ({int(model.train_examples):,} images) "
+        f"beside {trial.test_accuracy:.4f} for the best trial's own weights "
+        f"({int(trial.train_examples):,} images)"
+    )
+    assert f"| default study, test accuracy: refit vs best trial | {both} |" in report
+    rounds = read(out, "rounds")
+    accuracies = rounds[rounds.figure.str.startswith("default study test accuracy")]
+    assert sorted(accuracies.value) == sorted([trial.test_accuracy, model.test_accuracy])
 
 
 def test_report_links_only_files_that_exist(quick_run):

@@ -5,12 +5,16 @@ its own fetch unpacks; then every command it prints at the end is run exactly as
 the same kind of shell: the export (must exit 0 and write its tables) and the MLflow UI (must
 answer on its port, which `mlflow ui` reads from `$MLFLOW_PORT`, so no other server is hit).
 Every file the three wrote must be readable by group and others, and a git working copy holding
-the project's .gitignore must see none of them.
+the project's .gitignore must see none of them. The same sweep's output is read as the user
+reads it: the registered model announced once, in the report's words (MLflow's own
+"Successfully registered model" and "Created version" lines kept off), and no warning raised by
+a third-party package on stderr, the sweep's or the export's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import stat
@@ -50,8 +54,10 @@ def in_plain_shell(command: str, cwd: Path, **popen) -> subprocess.Popen:
     )
 
 
-def run_plain(command: str, cwd: Path) -> subprocess.CompletedProcess:
-    process = in_plain_shell(command, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def run_plain(command: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    process = in_plain_shell(
+        command, cwd, env=plain_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     out, err = process.communicate(timeout=COMMAND_TIMEOUT)
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
@@ -86,6 +92,22 @@ def run_ui_until_it_answers(command: str, cwd: Path) -> None:
         process.wait(timeout=30)
 
 
+EVERY_WARNING = {"PYTHONWARNINGS": "default"}
+"""Python shows every warning once per place, those it hides by default too (as a developer's
+shell may be set up): the output checks then see any warning our filters would let through."""
+WARNING_LINE = re.compile(r"^(?P<file>.+?):\d+: (?P<category>\w+Warning): ", re.MULTILINE)
+"""How Python's `warnings.showwarning` starts a warning on stderr: `file:line: Category: text`."""
+
+
+def warning_lines(stderr: str) -> list[str]:
+    """Warnings on stderr raised by code other than this project's."""
+    return [
+        match.group(0)
+        for match in WARNING_LINE.finditer(stderr)
+        if not Path(match.group("file")).resolve().is_relative_to(REPO_ROOT)
+    ]
+
+
 def unreadable_files(folder: Path) -> list[str]:
     return [
         f"{path.relative_to(folder)} {stat.filemode(path.stat().st_mode)}"
@@ -94,34 +116,56 @@ def unreadable_files(folder: Path) -> list[str]:
     ]
 
 
-def test_printed_commands_run_as_printed_and_what_they_write_is_readable_and_ignored(
-    mnist_gz_folder, tmp_path
-):
-    raw_dir = DATASETS["mnist"].raw_dir(tmp_path / "data")
+@pytest.fixture(scope="module")
+def first_sweep(mnist_gz_folder, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A new user's first sweep, in a folder of their own holding only the `.gz` files."""
+    folder = tmp_path_factory.mktemp("first-use")
+    raw_dir = DATASETS["mnist"].raw_dir(folder / "data")
     raw_dir.mkdir(parents=True)
     for packed in mnist_gz_folder.iterdir():
         shutil.copyfile(packed, raw_dir / packed.name)
     assert DATA_ENV_VAR not in plain_env()  # the sweep's default data root: ./data
-
     sweep = run_plain(
         f"{sys.executable} -m experiments.sweep --n-trials 2 --epochs 1 --batch-sizes 256 "
         "--val-size 55000 --pruner none --device cpu --quiet",
-        tmp_path,
+        folder,
+        **EVERY_WARNING,
     )
     assert sweep.returncode == 0, sweep.stderr
     assert len(list(raw_dir.glob("*-ubyte"))) == 4  # unpacked by the sweep's own fetch
+    return folder, sweep
 
-    export = run_plain(printed(sweep.stdout, "export the table:"), tmp_path)
+
+def test_printed_commands_run_as_printed_and_what_they_write_is_readable_and_ignored(first_sweep):
+    folder, sweep = first_sweep
+    export = run_plain(printed(sweep.stdout, "export the table:"), folder, **EVERY_WARNING)
     assert export.returncode == 0, export.stderr
+    assert warning_lines(export.stderr) == []
     for suffix in (".csv", "_best_per_batch_size.csv", "_best_per_batch_size.md"):
-        assert (tmp_path / f"results{suffix}").stat().st_size > 0, suffix
-    run_ui_until_it_answers(printed(sweep.stdout, "compare the runs:"), tmp_path)
+        assert (folder / f"results{suffix}").stat().st_size > 0, suffix
+    run_ui_until_it_answers(printed(sweep.stdout, "compare the runs:"), folder)
 
-    assert unreadable_files(tmp_path) == []
-    shutil.copyfile(REPO_ROOT / ".gitignore", tmp_path / ".gitignore")
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert unreadable_files(folder) == []
+    shutil.copyfile(REPO_ROOT / ".gitignore", folder / ".gitignore")
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
     status = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
-        cwd=tmp_path, capture_output=True, text=True, check=True,
+        cwd=folder, capture_output=True, text=True, check=True,
     ).stdout.splitlines()  # fmt: skip
     assert status == ["?? .gitignore"]
+
+
+def test_the_registered_model_is_announced_once_in_our_words(first_sweep):
+    """MLflow's own "Successfully registered model" and "Created version" lines repeat what the
+    report's refit line says: neither reaches the user, and ours is there."""
+    _, sweep = first_sweep
+    output = sweep.stdout + sweep.stderr
+    assert "Successfully registered model" not in output
+    assert "Created version" not in output
+    (ours,) = [line for line in sweep.stdout.splitlines() if "registered as" in line]
+    assert ours.endswith("registered as softmaxreg-mnist-best")
+
+
+def test_no_third_party_warning_reaches_the_user(first_sweep):
+    _, sweep = first_sweep
+    assert warning_lines(sweep.stderr) == []
