@@ -195,7 +195,7 @@ class PopulationTrials:
             running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             by_id = {trial._trial_id: trial for trial in running}
             for member in members:
-                self.tracker.started.append(member.trial._trial_id)
+                self.tracker.hold(member.trial._trial_id)  # held since asked: once
                 if member.trial._trial_id in by_id:
                     self.queue.put(by_id[member.trial._trial_id])  # type: ignore[union-attr]
 

@@ -170,7 +170,7 @@ def test_an_outage_shorter_than_the_wait_is_survived_and_every_trial_mirrored(
     assert waiting.endswith("waiting up to 120 s")
     assert sum("Optuna's storage reachable again after" in line for line in lines) == 1
     study = optuna.load_study(study_name="workers", storage=direct)
-    assert len(study.trials) == 6
+    assert len(study.trials) == 6, "\n".join(lines)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert [t.state for t in study.trials if t not in failed] == [TrialState.COMPLETE] * (
         6 - len(failed)
