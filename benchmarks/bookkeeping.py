@@ -102,7 +102,10 @@ def run_order(rounds: int) -> list[str]:
 
 def run(context: Context) -> SectionResult:
     if context.config.synthetic:
-        raise NotMeasured("the probe loads MNIST's verified files; synthetic data cannot stand in")
+        raise NotMeasured(
+            "the probe loads MNIST through the command line, which verifies the real files; "
+            "synthetic data cannot stand in"
+        )
     settings = context.settings
     if settings.bookkeeping_rounds == 0:
         raise NotMeasured("a figure of the full profile (--profile full), or --quick")

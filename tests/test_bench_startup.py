@@ -1,0 +1,32 @@
+"""The startup section on real MNIST: fixed cost against bare imports, workers' memory.
+
+In a module of its own so that pytest-xdist (`--dist loadscope`) runs it beside the other
+process-heavy benchmark sections instead of after them on one worker.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.runner import main
+from tests.test_benchmarks import read
+
+
+def run_quick(real_mnist_root, tmp_path, section: str):
+    out = tmp_path / "results"
+    argv = ["--quick", "--data-root", str(real_mnist_root), "--out", str(out),
+            "--sections", section]  # fmt: skip
+    assert main(argv) == 0
+    return out
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_startup_section_on_real_mnist(real_mnist_root, tmp_path):
+    out = run_quick(real_mnist_root, tmp_path, "startup")
+    startup = read(out, "startup")
+    assert len(startup) == 1 and (startup.fixed_s > 0).all() and (startup.bare_imports_s > 0).all()
+    memory = read(out, "startup_memory")
+    assert list(memory.workers) == [1, 2] and list(memory.processes) == [1, 3]
+    assert (memory.rss_mb >= memory.pss_mb).all() and (memory.pss_mb > 0).all()
