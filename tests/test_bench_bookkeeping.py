@@ -1,24 +1,11 @@
-"""The bookkeeping section on real MNIST: before (the baseline commit) and after.
-
-In a module of its own so that pytest-xdist (`--dist loadscope`) runs it beside the other
-process-heavy benchmark sections instead of after them on one worker.
-"""
+"""The bookkeeping section on real MNIST: before (the baseline commit) and after."""
 
 from __future__ import annotations
 
 import pytest
 
 from benchmarks.config import QUICK
-from benchmarks.runner import main
-from tests.test_benchmarks import read
-
-
-def run_quick(real_mnist_root, tmp_path, section: str):
-    out = tmp_path / "results"
-    argv = ["--quick", "--data-root", str(real_mnist_root), "--out", str(out),
-            "--sections", section]  # fmt: skip
-    assert main(argv) == 0
-    return out
+from tests.test_benchmarks import read, run_quick
 
 
 @pytest.mark.real_data

@@ -513,3 +513,13 @@ def test_accuracy_ceiling_without_scikit_learn_says_so(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_sklearn)
     reason = sklearn_reference.sklearn_grid(None, None)
     assert isinstance(reason, str) and "scikit-learn is not installed" in reason
+
+
+def run_quick(real_mnist_root: Path, tmp_path: Path, section: str) -> Path:
+    """Run one real-MNIST section in quick mode into a results folder (tests/test_bench_*.py:
+    one module per section, so pytest-xdist's --dist loadscope runs them side by side)."""
+    out = tmp_path / "results"
+    argv = ["--quick", "--data-root", str(real_mnist_root), "--out", str(out),
+            "--sections", section]  # fmt: skip
+    assert main(argv) == 0
+    return out
