@@ -181,7 +181,13 @@ def main() -> None:
 
     import optuna
 
-    from experiments.worker import run_trials
+    try:  # the sweep's trial loop: in experiments.trial_loop (with a timeout) since the
+        # storage-outage work, in experiments.worker in the baseline commit
+        from experiments.trial_loop import run_trials as loop
+
+        run_trials = functools.partial(loop, timeout=None)
+    except ImportError:
+        from experiments.worker import run_trials
     from softmaxreg.data import load_splits
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
