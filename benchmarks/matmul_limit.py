@@ -29,10 +29,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from torch import Tensor
+import torch
+from torch import Tensor
 
 PIXELS, CLASSES = 28 * 28, 10
 EVAL_SHAPE = 0
@@ -52,22 +51,17 @@ def eval_flops(members: int, examples: int) -> float:
 
 def step_matmuls(weight: Tensor, x: Tensor, grad_logits: Tensor, grad_weight: Tensor) -> None:
     """A population step's two matmuls: logits, then the weight gradient."""
-    import torch
-
     torch.mm(weight, x.t())
     torch.mm(grad_logits, x, out=grad_weight)
 
 
 def evaluation_matmul(x: Tensor, weight: Tensor) -> None:
     """One evaluation chunk's logits against the stacked weights."""
-    import torch
-
     torch.mm(x, weight.t())
 
 
 def prepared(members: int, batch_size: int) -> tuple[Callable[[], None], float]:
     """The shape's work (one step's two matmuls, or one evaluation chunk) and its FLOPs."""
-    import torch
 
     from softmaxreg.model import EVAL_CHUNK
 
@@ -101,7 +95,6 @@ def serve(members: int, seconds: float) -> None:
     """A probe process: `prep B` prepares shape B and answers `ready`; `run` times it and
     answers its FLOP/s. The parent sends `run` to every probe only once all are ready, so
     probes that run together overlap for the whole timed window."""
-    import torch
 
     torch.set_num_threads(1)
     work, flops = None, 0.0
