@@ -112,13 +112,17 @@ class SweepConfig:
     """Learning-rate schedules the study chooses from per trial (categorical, beside batch size
     and lr); empty: every trial uses --lr-schedule."""
 
-    workers: int = 1
+    workers: int = 0
     """Worker processes on this machine, all running trials of the same study through its
     storage. They are forked once imports and data are loaded, so each extra worker costs
     little memory and no start-up (README: about 80 MB PSS each, measured). Each gets
     max(1, cores // workers) torch threads (or --threads if given), so the cores are not
-    oversubscribed. 1 by default, kept until forked workers are measured against the
-    machine's two-process matmul ratio on a quiet machine (benchmarks.sweep_workers)."""
+    oversubscribed. 0 (auto): one per usable CPU core on the CPU, at most --n-trials; 1 on
+    CUDA and MPS (one device). Why: on 2 quiet cores, 100 random trials x 10 epochs ran 1.45x
+    as fast with 2 workers as with 1 (benchmarks.sweep_workers; the hardware's two-process
+    matmul ratio was 1.96x), and a population trains on one thread, so a single worker leaves
+    the other core idle. With a core busy elsewhere, one-thread workers lose no more than one
+    worker would (README, "Several workers")."""
 
     worker_id: int = 0
     """Number of the first worker started by this command: it seeds that worker's sampler and is
@@ -231,7 +235,7 @@ class SweepConfig:
             self.lr_schedules,
             f"distinct choices among {', '.join(LR_SCHEDULE_CHOICES)} (or none)",
         )
-        require_int(self.workers, "workers", 1)
+        require_int(self.workers, "workers", 0)
         require_int(self.worker_id, "worker_id", 0)
         require_int(self.heartbeat_seconds, "heartbeat_seconds", 1)
         require_int(self.retries, "retries", 0)

@@ -67,7 +67,7 @@ from experiments.study import (
 )
 from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
-from experiments.workers import RunWorker, run_workers, threads_per_worker
+from experiments.workers import RunWorker, resolve_workers, run_workers, threads_per_worker
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
@@ -228,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (DeviceUnavailableError, StoreError, SweepError) as error:
         parser.error(str(error))
+    sweep = replace(sweep, workers=resolve_workers(sweep, device))  # 0 (auto) made a count here
     if sweep.workers > 1:
         # Workers are forked from this process: torch's thread pool must not exist yet (a
         # forked OpenMP pool hangs), and the data stays on the CPU until each worker moves it.

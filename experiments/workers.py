@@ -124,8 +124,26 @@ def live_workers(study: optuna.Study, exclude: str = "") -> list[dict]:
     ]
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (a container's or taskset's limit, not the host's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def resolve_workers(sweep: SweepConfig, device: torch.device) -> int:
+    """--workers as given, or for 0 (auto) one per usable core on the CPU, never more than the
+    trials to run; 1 on CUDA and MPS, where the workers would share one device."""
+    if sweep.workers > 0:
+        return sweep.workers
+    if device.type != "cpu":
+        return 1
+    return max(1, min(usable_cores(), sweep.n_trials))
+
+
 def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
 
 
 RunWorker = Callable[[SweepConfig, int], int]

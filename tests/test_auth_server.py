@@ -173,7 +173,8 @@ def test_a_sweep_needs_the_servers_login_and_records_no_password(
         sweep = ["--study-name", "guarded", "--n-trials", "2", "--epochs", "1",
                  "--batch-sizes", "32", "128", "--lr-range", "0.05", "1", "--pruner", "none",
                  "--val-size", "59000", "--data-root", str(real_mnist_root), "--device", "cpu",
-                 "--quiet", "--no-refit", *stores]  # fmt: skip
+                 "--quiet", "--no-refit", "--workers", "1", *stores]  # fmt: skip
+        # One process, so a refusal is one line (forked workers would each print theirs).
         outputs = []
 
         # No login (the real command), then a wrong password: one line, exit 2, nothing created.

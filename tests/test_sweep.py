@@ -343,7 +343,7 @@ BAD_FLAGS = [
     (["--storage", "postgresql://postgres@127.0.0.1"], "expected a host and a database name"),
     (["--tracking-uri", "http://[::1"], "--tracking-uri"),
     (["--tracking-uri", "http://"], "with a host"),
-    (["--workers", "0"], "--workers"),
+    (["--workers", "-1"], "--workers"),
     (["--heartbeat-seconds", "0"], "--heartbeat-seconds"),
     (["--tracking-wait-seconds", "-1"], "--tracking-wait-seconds"),
     (["--storage-wait-seconds", "-1"], "--storage-wait-seconds"),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -26,6 +27,7 @@ from experiments.config import SweepConfig
 from experiments.mirror import Mirror
 from experiments.objective import WORKER_LOST_REASON
 from experiments.reconcile import reconcile_study
+from experiments.workers import resolve_workers, threads_per_worker, usable_cores
 from softmaxreg.data import DATA_ENV_VAR
 from tests.services import (
     MlflowServer,
@@ -51,11 +53,13 @@ keeps --epochs, --batch-sizes and --lr-range for life, so its resumes give them 
 
 def sweep_args(data_root: Path, *extra: str) -> list[str]:
     """Small, fast trials on real MNIST: 1,000 training examples, 2 epochs, no pruning, no
-    refit (on 60,000 images it would outlast the trials; the two-workers test turns it on)."""
+    refit (on 60,000 images it would outlast the trials; the two-workers test turns it on), in
+    one process (the default, auto, forks one worker per core): `extra` may give --workers."""
     return [
         "--study-name", "workers", "--epochs", "2", "--batch-sizes", "32", "128",
         "--lr-range", "0.05", "1", "--pruner", "none", "--val-size", "59000",
-        "--data-root", str(data_root), "--device", "cpu", "--quiet", "--no-refit", *extra,
+        "--data-root", str(data_root), "--device", "cpu", "--quiet", "--no-refit",
+        "--workers", "1", *extra,
     ]  # fmt: skip
 
 
@@ -167,6 +171,48 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         assert run.data.params["train_examples"] == "60000"
         assert out.count("refit of trial") == 1  # the command's report, not the workers'
         assert err.count("refit: trial") == 1  # one refit trained
+
+
+def start_on_cores(cwd: Path, argv: list[str], cores: set[int]) -> subprocess.Popen:
+    """`python -m experiments.sweep argv` allowed to run on `cores` only (as taskset would)."""
+    env = {k: v for k, v in os.environ.items() if k != DATA_ENV_VAR}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep", *argv],
+        cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 usable cores")
+def test_the_default_forks_one_worker_per_usable_core(real_mnist_root, tmp_path):
+    """No --workers: one worker per core the command may use, never more than the trials."""
+    argv = sweep_args(real_mnist_root, "--n-trials", "4")
+    at = argv.index("--workers")
+    del argv[at : at + 2]  # sweep_args' "--workers 1": back to the default
+    two = tmp_path / "two"
+    two.mkdir()
+    code, out, err = finish(start_on_cores(two, argv, set(sorted(os.sched_getaffinity(0))[:2])))
+    assert code == 0, err
+    assert "worker 0 (exit 0): this run: 2 trials" in out
+    assert "worker 1 (exit 0): this run: 2 trials" in out
+    one = tmp_path / "one"
+    one.mkdir()
+    code, out, err = finish(start_on_cores(one, argv, {min(os.sched_getaffinity(0))}))
+    assert code == 0, err
+    assert "worker 0" not in out  # one core: the command's own process ran the trials
+    assert "this run: 4 trials" in out
+
+
+def test_auto_workers_are_one_per_core_at_most_the_trials_and_one_on_a_gpu():
+    cores = usable_cores()
+    assert cores == len(os.sched_getaffinity(0))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_workers(SweepConfig(n_trials=100), cpu) == cores
+    assert resolve_workers(SweepConfig(n_trials=1), cpu) == 1
+    assert resolve_workers(SweepConfig(n_trials=100), cuda) == 1
+    assert resolve_workers(SweepConfig(n_trials=100, workers=3), cuda) == 3  # as given
+    assert threads_per_worker(cores) == 1
 
 
 def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):
