@@ -1,6 +1,7 @@
 """Population sweep: the same trials trained one at a time and K at a time, end to end.
 
-Every run is the real command, `python -m experiments.sweep --sampler random --pruner none`, in
+Every run is the real command, `python -m experiments.sweep --sampler random --pruner none
+--workers 1`, in
 a fresh folder (new SQLite stores) on the suite's MNIST folder, so process start-up, data
 loading, per-epoch Optuna writes, the MLflow mirror, the best model and the report are all
 counted. "The same trials": the configurations are drawn once from Optuna's `RandomSampler`
@@ -63,6 +64,7 @@ def one_run(context: Context, population: int, repeat: int, points: list[dict]) 
         "--sampler", "random", "--pruner", "none", "--n-trials", str(len(points)),
         "--epochs", str(settings.population_sweep_epochs), "--population", str(population),
         "--data-root", str(context.mnist_root.resolve()), "--device", context.device.type,
+        "--workers", "1",  # one process: the population's gain, not the workers' (sweep_workers)
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     start = time.perf_counter()
