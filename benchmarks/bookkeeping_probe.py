@@ -134,13 +134,8 @@ class Statements:
 
 
 def open_sweep(args: argparse.Namespace, data):
-    from tqdm import tqdm
-
-    from experiments.config import Stores, SweepConfig
-    from experiments.objective import Objective
-    from experiments.trial_tracker import TrialTracker
-    from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror
-    from softmaxreg.config import DataConfig, TrainConfig
+    from experiments.config import SweepConfig
+    from softmaxreg.config import TrainConfig
 
     folder = Path(args.folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
@@ -154,12 +149,25 @@ def open_sweep(args: argparse.Namespace, data):
         storage=f"sqlite:///{folder / 'optuna.db'}",
         tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
     )
-    train_config = TrainConfig(epochs=args.epochs, device="cpu")
+    return open_loop(sweep, TrainConfig(epochs=args.epochs, device="cpu"), data, print)
+
+
+def open_loop(sweep, train_config, data, log):
+    """(study, objective, tracker): the sweep's trial loop without its start and end reconcile,
+    which would repair what the queue left undone (tests/test_bookkeeping.py uses it too)."""
+    from tqdm import tqdm
+
+    from experiments.config import Stores
+    from experiments.objective import Objective
+    from experiments.trial_tracker import TrialTracker
+    from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror
+    from softmaxreg.config import DataConfig
+
     stores = Stores.from_config(sweep)
     study, mirror, _ = open_study_and_mirror(
-        sweep, stores, sweep.study_name, train_config, data, 0, print, DataConfig()
+        sweep, stores, sweep.study_name, train_config, data, 0, log, DataConfig()
     )
-    tracker = TrialTracker(study, mirror, tqdm(disable=True), print)
+    tracker = TrialTracker(study, mirror, tqdm(disable=True), log)
     objective = Objective(
         sweep, train_config, data, environment_tags(data), 0,
         fixed_settings(sweep, DataConfig()), tracker.on_start,

@@ -18,18 +18,17 @@ import pytest
 from mlflow import MlflowClient
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
-from tqdm import tqdm
 
+from benchmarks.bookkeeping_probe import open_loop as probe_loop
 from experiments import trial_records
 from experiments.config import Stores, SweepConfig
 from experiments.mirror import Mirror
-from experiments.objective import EPOCH_FIGURES, SUMMARY_FIGURES, Objective
+from experiments.objective import EPOCH_FIGURES, SUMMARY_FIGURES
 from experiments.reconcile import reconcile_study
 from experiments.study import open_storage
 from experiments.trial_loop import run_trials
-from experiments.trial_tracker import TrialTracker
 from experiments.weights import WEIGHTS_ATTR
-from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror, run_sweep
+from experiments.worker import run_sweep
 from softmaxreg.config import DataConfig, TrainConfig
 from tests.services import sqlite_rows, wait_for
 from tests.test_sweep import child_runs, sweep_config
@@ -105,24 +104,16 @@ def test_a_batch_with_a_finished_trial_is_refused_whole(tmp_path):
     assert study.trials[0].user_attrs == {"epochs": {"step": [1]}}
 
 
-def open_loop(stores: dict[str, str], synthetic_splits, config: SweepConfig):
+def open_loop(config: SweepConfig, synthetic_splits):
     """The sweep's trial loop without its start and end reconcile (which would repair what
-    the queue left undone, hiding it)."""
-    study, mirror, _ = open_study_and_mirror(
-        config, Stores.from_config(config), config.study_name, TWO_EPOCHS, synthetic_splits, 0,
-        quiet, DataConfig(),
-    )  # fmt: skip
-    tracker = TrialTracker(study, mirror, tqdm(disable=True), quiet)
-    objective = Objective(
-        config, TWO_EPOCHS, synthetic_splits, environment_tags(synthetic_splits), 0,
-        fixed_settings(config, DataConfig()), tracker.on_start,
-    )  # fmt: skip
+    the queue left undone, hiding it): (study, tracker, objective)."""
+    study, objective, tracker = probe_loop(config, TWO_EPOCHS, synthetic_splits, quiet)
     return study, tracker, objective
 
 
 def test_once_the_queue_drains_every_run_matches_its_trial(stores, synthetic_splits):
     config = sweep_config(stores, n_trials=8, population=4, pruner="none")
-    study, tracker, objective = open_loop(stores, synthetic_splits, config)
+    study, tracker, objective = open_loop(config, synthetic_splits)
     run_trials(study, objective, tracker, 8, timeout=None)
     assert tracker.synced == {t._trial_id for t in study.trials}
 
