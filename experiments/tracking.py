@@ -16,6 +16,7 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
@@ -89,12 +90,14 @@ def search_study_runs(
 
 def search_trial_runs(tracking_uri: str, experiment_name: str, study_uuid: str) -> pd.DataFrame:
     """`mlflow.search_runs` for the study's trial runs (an empty frame if there are none)."""
-    mlflow.set_tracking_uri(tracking_uri)
     experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
     if experiment is None:
         return pd.DataFrame()
-    return mlflow.search_runs(
-        experiment_ids=[experiment.experiment_id],
-        filter_string=_trial_filter(study_uuid),
-        output_format="pandas",
-    )
+    # mlflow.search_runs reads the global tracking URI: set for the call only, so a process
+    # that exports (a test, a benchmark) keeps whatever URI it had, and so does its registry.
+    with tracking_utils._use_tracking_uri(tracking_uri):
+        return mlflow.search_runs(
+            experiment_ids=[experiment.experiment_id],
+            filter_string=_trial_filter(study_uuid),
+            output_format="pandas",
+        )

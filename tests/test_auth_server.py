@@ -192,7 +192,7 @@ def test_a_sweep_needs_the_servers_login_and_records_no_password(
         assert list(work.iterdir()) == []
         monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", ADMIN_PASSWORD)
-        admin = MlflowClient(url)
+        admin = MlflowClient(url, registry_uri=url)  # not whatever registry the process has
         assert admin.get_experiment_by_name("guarded") is None
 
         # The host check: a Host header the server was not told to allow is refused, by the
