@@ -196,6 +196,36 @@ def test_an_outage_shorter_than_the_wait_is_survived_and_every_trial_mirrored(
         )
 
 
+def test_two_workers_wait_out_an_outage_and_the_study_ends_whole(
+    real_mnist_root, tmp_path, proxied_database
+):
+    """`--workers 2` (forked workers, one shared storage) and the database gone mid-trial: each
+    worker that hit the outage says so once and once that it is back, both go on, exit 0, and
+    the study ends whole: 6 trials, none RUNNING, each mirrored to one run of its state."""
+    direct, through_proxy, proxy = proxied_database
+    sweep = start_sweep(tmp_path, real_mnist_root, through_proxy, "--n-trials", "6",
+                        "--workers", "2", "--storage-wait-seconds", "120")  # fmt: skip
+    cut_mid_trial(sweep, direct, proxy)
+    proxy.start()
+    code, lines = sweep.finish()
+
+    assert code == 0, "\n".join(lines)
+    assert not any("Traceback" in line for line in lines), "\n".join(lines)
+    waits = sum(UNREACHABLE in line for line in lines)
+    assert 1 <= waits <= 2, "\n".join(lines)  # one line per worker that met the outage
+    assert sum("Optuna's storage reachable again after" in line for line in lines) == waits
+    study = optuna.load_study(study_name="workers", storage=direct)
+    assert len(study.trials) == 6, "\n".join(lines)
+    assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.FAIL}
+    assert sorted({t.user_attrs["worker"] for t in study.trials}) == [0, 1]
+    parents, children = runs_of(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), "workers")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(children) == list(range(6))
+    status = {TrialState.COMPLETE: "FINISHED", TrialState.FAIL: "FAILED"}
+    assert all(children[t.number][0].info.status == status[t.state] for t in study.trials)
+    assert all(len(children[t.number]) == 1 for t in study.trials)
+
+
 def test_a_lasting_outage_exits_1_in_one_line_and_a_reconcile_closes_everything(
     real_mnist_root, tmp_path, proxied_database, capsys
 ):
