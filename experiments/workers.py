@@ -221,7 +221,9 @@ def worker_main(
             workers=1,
             worker_id=sweep.worker_id + index,
             n_trials=sweep.trials_for_worker(index),
-            quiet=True,
+            # The first worker shows its progress bar and trial lines (unless --quiet), as one
+            # worker would: the terminal has one bar, and a long run is not silent till its end.
+            quiet=sweep.quiet or index > 0,
         )
         code = run_worker(mine, threads)
     except SystemExit as stop:  # argparse's error() and the like

@@ -191,10 +191,21 @@ def test_the_default_forks_one_worker_per_usable_core(real_mnist_root, tmp_path)
     assert "worker 1 (exit 0): this run: 2 trials" in out
     one = tmp_path / "one"
     one.mkdir()
+    argv.remove("--quiet")  # and the first worker's trial lines show, as one worker's would
     code, out, err = finish(start_on_cores(one, argv, {min(os.sched_getaffinity(0))}))
     assert code == 0, err
     assert "worker 0" not in out  # one core: the command's own process ran the trials
     assert "this run: 4 trials" in out
+    assert len(re.findall(r"Trial \d+ finished", err)) == 4
+
+    loud = tmp_path / "loud"  # two workers, not --quiet: only the first one's trials are told
+    loud.mkdir()
+    code, out, err = finish(start_on_cores(loud, argv, set(sorted(os.sched_getaffinity(0))[:2])))
+    assert code == 0, err
+    study = optuna.load_study(study_name="workers", storage=f"sqlite:///{loud}/optuna.db")
+    told = sorted(int(n) for n in re.findall(r"Trial (\d+) finished", err))
+    assert told == sorted(t.number for t in study.trials if t.user_attrs["worker"] == 0)
+    assert len(told) == 2
 
 
 def test_auto_workers_are_one_per_core_at_most_the_trials_and_one_on_a_gpu():
