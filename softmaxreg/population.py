@@ -158,18 +158,20 @@ class Population:
         batches = order.split(size)
         # Every step's targets from one gather, already in the step's (K, 1, B) shape.
         targets = self.targets.index_select(2, order).expand(members, 1, -1).split(size, dim=2)
-        x = self.train_x
-        if stack.fused:
-            scales = stack.step_scales(first_step, self.batch_sizes)
-            log_likelihoods = [
-                stack.step(x.index_select(0, batch), target, scale)
-                for batch, target, scale in zip(batches, targets, scales, strict=True)
-            ]
-        else:
-            log_likelihoods = []
-            for index, (batch, target) in enumerate(zip(batches, targets, strict=True)):
-                log_likelihoods.append(stack.step(x.index_select(0, batch), target))
-                stack.update(first_step + index)
+        x, log_likelihoods = self.train_x, []
+        # Inference mode skips autograd's dispatch in each op (nothing here is differentiated):
+        # about a microsecond an op, a tenth of a batch-16 step.
+        with torch.inference_mode():
+            if stack.fused:
+                scales = stack.step_scales(first_step, self.batch_sizes)
+                log_likelihoods = [
+                    stack.step(x.index_select(0, batch), target, scale)
+                    for batch, target, scale in zip(batches, targets, scales, strict=True)
+                ]
+            else:
+                for index, (batch, target) in enumerate(zip(batches, targets, strict=True)):
+                    log_likelihoods.append(stack.step(x.index_select(0, batch), target))
+                    stack.update(first_step + index)
         losses = step_losses(log_likelihoods, self.batch_size)
         synchronize(self.device)
         return losses, time.perf_counter() - start
