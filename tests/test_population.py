@@ -41,7 +41,9 @@ def assert_same_run(member: MemberResult, alone: TrainResult) -> None:
 MEMBERS = [
     config(lr=0.01),
     config(lr=0.003, momentum=0.9, weight_decay=1e-3),
-    config(lr=0.03, lr_schedule="cosine", warmup_steps=5, target_accuracy=0.9),
+    # lr 0.02, not more: train() alone takes the fused step, and above ~0.03 the first epoch on
+    # these splits amplifies the two paths' float rounding to 1e-5 (here it stays near 1e-7).
+    config(lr=0.02, lr_schedule="cosine", warmup_steps=5, target_accuracy=0.9),
 ]
 
 
