@@ -117,7 +117,7 @@ class Population:
         self.stack = Stack(configs, self.steps_per_epoch * configs[0].epochs, device)
         sizes = [float(self.batch_size)] * self.steps_per_epoch
         sizes[-1] = float(self.n_train - self.batch_size * (self.steps_per_epoch - 1))
-        self.batch_sizes = torch.tensor(sizes, device=device)  # of each step of a pass
+        self.batch_sizes = torch.tensor(sizes, device=device, dtype=torch.float64)  # per step
         self.models = [build_model(c.model, c.seed).to(device) for c in configs]
         self.histories: list[list[EpochMetrics]] = [[] for _ in configs]
         self.time_to_target: list[float | None] = [None] * len(configs)
@@ -169,9 +169,10 @@ class Population:
                     for batch, target, scale in zip(batches, targets, scales, strict=True)
                 ]
             else:
-                for index, (batch, target) in enumerate(zip(batches, targets, strict=True)):
+                lrs = stack.pass_lrs(first_step, len(batches)).float()
+                for batch, target, lr in zip(batches, targets, lrs, strict=True):
                     log_likelihoods.append(stack.step(x.index_select(0, batch), target))
-                    stack.update(first_step + index)
+                    stack.update(lr)
         losses = step_losses(log_likelihoods, self.batch_size)
         synchronize(self.device)
         return losses, time.perf_counter() - start

@@ -24,17 +24,20 @@ from softmaxreg.schedule import is_constant, lr_table
 from softmaxreg.trainer import Evaluation
 
 
-def member_factors(configs: Sequence[TrainConfig], name: str, device: torch.device) -> torch.Tensor:
-    """Field `name` of every member as a (K, 1, 1) float32 tensor, to scale stacked rows."""
+def member_factors(
+    configs: Sequence[TrainConfig], name: str, device: torch.device, dtype=torch.float32
+) -> torch.Tensor:
+    """Field `name` of every member as a (K, 1, 1) tensor, to scale stacked rows."""
     values = [float(getattr(config, name)) for config in configs]
-    return torch.tensor(values, device=device).view(len(configs), 1, 1)
+    return torch.tensor(values, device=device, dtype=dtype).view(len(configs), 1, 1)
 
 
 class Stack:
     """The active members' weights, gradients, momentum buffers and update factors, stacked.
 
     `fused` says which step the stack takes: `step(x, targets, scale)` updating in place, or
-    `step(x, targets)` then `update(global_step)`. `keep(rows)` drops the other rows.
+    `step(x, targets)` then `update(lr)` with a row of `pass_lrs`. `keep(rows)` drops the other
+    rows.
     """
 
     def __init__(self, configs: Sequence[TrainConfig], total_steps: int, device: torch.device):
@@ -43,8 +46,11 @@ class Stack:
         self.members = list(range(count))
         self.weight = initial.linear.weight.detach().expand(count, -1, -1).contiguous().to(device)
         self.bias = initial.linear.bias.detach().view(1, -1, 1).repeat(count, 1, 1).to(device)
-        self.lr, self.momentum, self.weight_decay = (
-            member_factors(configs, name, device) for name in ("lr", "momentum", "weight_decay")
+        # Learning rates in float64, as `train()` holds them: the fused step's -lr / B is then
+        # rounded to float32 once, as `train()`'s is, so the two agree to the last bit there.
+        self.lr = member_factors(configs, "lr", device, torch.float64)
+        self.momentum, self.weight_decay = (
+            member_factors(configs, name, device) for name in ("momentum", "weight_decay")
         )
         self.use_momentum = bool(self.momentum.any())
         self.use_weight_decay = bool(self.weight_decay.any())
@@ -53,11 +59,12 @@ class Stack:
         if not self.fused:
             self.grads = [torch.zeros_like(self.weight), torch.zeros_like(self.bias)]
         self.buffers: list[torch.Tensor] | None = None
-        # Scheduled learning rates: one (K, 1, 1) row per step, read by index in the hot loop.
+        # Scheduled learning rates: one (K, 1, 1) row per step of the run.
         self.lr_steps: torch.Tensor | None = None
         if not all(is_constant(c.lr_schedule, c.warmup_steps) for c in configs):
             table = [lr_table(total_steps, c.lr, c.lr_schedule, c.warmup_steps) for c in configs]
-            self.lr_steps = torch.tensor(table, device=device).t().reshape(-1, count, 1, 1)
+            table = torch.tensor(table, device=device, dtype=torch.float64)
+            self.lr_steps = table.t().reshape(-1, count, 1, 1)
         self.step = self._make_step()
 
     def _make_step(self) -> ClosedFormStep | FusedSGDStep:
@@ -65,19 +72,23 @@ class Stack:
             return FusedSGDStep(self.weight, self.bias, members=len(self.members))
         return ClosedFormStep(self.weight, self.bias, *self.grads, members=len(self.members))
 
-    def step_scales(self, first_step: int, sizes: torch.Tensor) -> torch.Tensor:
-        """The fused step's factors for the steps from `first_step` on, one per batch of
-        `sizes`: (steps, K, 1, 1), each member's -lr / B at that step (the last, smaller batch
-        of a pass divides by its own size, as its mean loss does)."""
-        steps = len(sizes)
+    def pass_lrs(self, first_step: int, steps: int) -> torch.Tensor:
+        """Every member's learning rate at `steps` steps from `first_step`: (steps, K, 1, 1)
+        float64, iterated beside a pass's batches (no indexing per step)."""
         if self.lr_steps is None:
-            lrs = self.lr.expand(steps, -1, -1, -1)
-        else:
-            lrs = self.lr_steps[first_step : first_step + steps]
-        return lrs / sizes.view(-1, 1, 1, 1).neg()
+            return self.lr.expand(steps, -1, -1, -1)
+        return self.lr_steps[first_step : first_step + steps]
 
-    def update(self, global_step: int) -> None:
-        """Each member's SGD step (torch.optim.SGD's rule, as in `softmaxreg.optim.SGD`)."""
+    def step_scales(self, first_step: int, sizes: torch.Tensor) -> torch.Tensor:
+        """The fused step's factors for a pass with batches of `sizes` (float64) from
+        `first_step` on: (steps, K, 1, 1) float32, each member's -lr / B at that step (the last,
+        smaller batch divides by its own size, as its mean loss does)."""
+        lrs = self.pass_lrs(first_step, len(sizes))
+        return (lrs / sizes.view(-1, 1, 1, 1).neg()).float()
+
+    def update(self, lr: torch.Tensor) -> None:
+        """Each member's SGD step at learning rates `lr` (K, 1, 1), a row of `pass_lrs` in
+        float32 (torch.optim.SGD's rule, as in `softmaxreg.optim.SGD`)."""
         params = (self.weight, self.bias)
         if self.use_weight_decay:
             for param, grad in zip(params, self.grads, strict=True):
@@ -85,7 +96,6 @@ class Stack:
         updates = self.grads
         if self.use_momentum:
             self.buffers = updates = momentum_buffers(self.buffers, self.grads, self.momentum)
-        lr = self.lr if self.lr_steps is None else self.lr_steps[global_step]
         for param, update in zip(params, updates, strict=True):
             param.addcmul_(lr, update, value=-1.0)
 
