@@ -4,8 +4,9 @@
     for shape in rates(members=8, batch_sizes=(16, 256), seconds=1.0, cores=2):
         print(shape.batch_size, shape.one_process / 1e9, shape.all_processes / 1e9, shape.ratio)
 
-A population step of K members at batch B is two matmuls (`softmaxreg.model.ClosedFormStep`):
-the logits, (10K x 784) @ (784 x B), and the weight gradient, (10K x B) @ (B x 784); evaluation
+A population step of K members at batch B is two matmuls (`softmaxreg.model.ClosedFormStep`, or
+`FusedSGDStep` for plain SGD, which adds the second straight into the weights): the logits,
+(10K x 784) @ (784 x B), and the weight gradient, (10K x B) @ (B x 784); evaluation
 is (n x 784) @ (784 x 10K) in chunks of `EVAL_CHUNK` rows. Nothing a sweep does can be faster
 than this arithmetic at these shapes, so the rate measured here, summed over one one-thread
 process per core running at once, is the limit a sweep's wall time is judged against.

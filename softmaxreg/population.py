@@ -7,11 +7,14 @@
 
 Members share batch size, seed, epochs, device, threads and model ("logits" only); each has its
 own learning rate, momentum, weight decay, schedule, warm-up and target accuracy. Every step
-gathers one shuffled batch for all members, computes all K x 10 logits with one matmul against
-the stacked weights and each member's closed-form gradient with one more, then applies each
-member's SGD update with per-member (K, 1, 1) factors. Each member gets exactly what
-`train(config)` gives it alone (same shuffle, same initial weights, same update rule), up to
-float rounding: the tests check epoch figures and weights against separate runs.
+gathers one shuffled batch for all members (the pass's targets are gathered once, up front),
+computes all K x 10 logits with one matmul against the stacked weights and each member's
+closed-form gradient with one more (`softmaxreg.stack.Stack`). Without momentum and weight decay
+that second matmul adds each member's step, scaled by its -lr / B, straight into the weights;
+otherwise the gradients go to buffers and each member's SGD update follows with per-member
+(K, 1, 1) factors. Each member gets exactly what `train(config)` gives it alone (same shuffle,
+same initial weights, same update rule), up to float rounding: the tests check epoch figures and
+weights against separate runs.
 
 Members end alone: one whose callback returns True stops (`stopped_early`), one whose loss turns
 non-finite fails (`error` holds its `TrainingDiverged`); both leave the stack at the end of that
@@ -35,9 +38,8 @@ import torch
 from softmaxreg.config import TrainConfig, require
 from softmaxreg.data import DataSplits
 from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
-from softmaxreg.model import ClosedFormStep, build_model, evaluate_stack
-from softmaxreg.optim import momentum_buffers
-from softmaxreg.schedule import is_constant, lr_table
+from softmaxreg.model import build_model
+from softmaxreg.stack import Stack
 from softmaxreg.trainer import (
     Callback,
     EpochMetrics,
@@ -71,89 +73,6 @@ def check_population(configs: Sequence[TrainConfig]) -> None:
         values = tuple(getattr(config, name) for config in configs)
         require(len(set(values)) == 1, name, values, "the same value for every member")
     require(configs[0].model == "logits", "model", configs[0].model, "logits (closed form)")
-
-
-def member_factors(configs: Sequence[TrainConfig], name: str, device: torch.device) -> torch.Tensor:
-    """Field `name` of every member as a (K, 1, 1) float32 tensor, to scale stacked rows."""
-    values = [float(getattr(config, name)) for config in configs]
-    return torch.tensor(values, device=device).view(len(configs), 1, 1)
-
-
-class Stack:
-    """The active members' weights, gradients, momentum buffers and update factors, stacked.
-
-    Row r of every tensor belongs to member `members[r]`; `keep(rows)` drops the others.
-    """
-
-    def __init__(self, configs: Sequence[TrainConfig], total_steps: int, device: torch.device):
-        count = len(configs)
-        initial = build_model(configs[0].model, configs[0].seed)
-        self.members = list(range(count))
-        self.weight = initial.linear.weight.detach().expand(count, -1, -1).contiguous().to(device)
-        self.bias = initial.linear.bias.detach().view(1, -1, 1).repeat(count, 1, 1).to(device)
-        self.grads = [torch.zeros_like(self.weight), torch.zeros_like(self.bias)]
-        self.buffers: list[torch.Tensor] | None = None
-        self.lr, self.momentum, self.weight_decay = (
-            member_factors(configs, name, device) for name in ("lr", "momentum", "weight_decay")
-        )
-        self.use_momentum = bool(self.momentum.any())
-        self.use_weight_decay = bool(self.weight_decay.any())
-        # Scheduled learning rates: one (K, 1, 1) row per step, read by index in the hot loop.
-        self.lr_steps: torch.Tensor | None = None
-        if not all(is_constant(c.lr_schedule, c.warmup_steps) for c in configs):
-            table = [lr_table(total_steps, c.lr, c.lr_schedule, c.warmup_steps) for c in configs]
-            self.lr_steps = torch.tensor(table, device=device).t().reshape(-1, count, 1, 1)
-        self.step = self._make_step()
-
-    def _make_step(self) -> ClosedFormStep:
-        return ClosedFormStep(self.weight, self.bias, *self.grads, members=len(self.members))
-
-    def update(self, global_step: int) -> None:
-        """Each member's SGD step (torch.optim.SGD's rule, as in `softmaxreg.optim.SGD`)."""
-        params = (self.weight, self.bias)
-        if self.use_weight_decay:
-            for param, grad in zip(params, self.grads, strict=True):
-                grad.addcmul_(self.weight_decay, param)
-        updates = self.grads
-        if self.use_momentum:
-            self.buffers = updates = momentum_buffers(self.buffers, self.grads, self.momentum)
-        lr = self.lr if self.lr_steps is None else self.lr_steps[global_step]
-        for param, update in zip(params, updates, strict=True):
-            param.addcmul_(lr, update, value=-1.0)
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only stack rows `rows` (members that go on), so finished ones cost nothing."""
-        index = torch.tensor(rows, device=self.weight.device)
-        self.members = [self.members[r] for r in rows]
-        self.weight, self.bias = self.weight[index], self.bias[index]
-        self.grads = [grad[index] for grad in self.grads]
-        if self.buffers is not None:
-            self.buffers = [buffer[index] for buffer in self.buffers]
-        self.lr, self.momentum, self.weight_decay = (
-            self.lr[index],
-            self.momentum[index],
-            self.weight_decay[index],
-        )
-        if self.lr_steps is not None:
-            self.lr_steps = self.lr_steps[:, index]
-        self.step = self._make_step()
-
-    def evaluate(self, data: DataSplits) -> list[Evaluation]:
-        """Every row's figures on the validation and test splits, from one matmul per chunk of
-        examples against the stacked weights (K times fewer passes over the data than
-        evaluating each member); `seconds` is that shared evaluation's."""
-        start = time.perf_counter()
-        val_loss, val_accuracy = evaluate_stack(self.weight, self.bias, data.val_x, data.val_y)
-        test_loss, test_accuracy = evaluate_stack(self.weight, self.bias, data.test_x, data.test_y)
-        synchronize(self.weight.device)
-        seconds = time.perf_counter() - start
-        figures = zip(val_loss, val_accuracy, test_loss, test_accuracy, strict=True)
-        return [Evaluation(*row, seconds=seconds) for row in figures]
-
-    def copy_into(self, row: int, model: torch.nn.Module) -> None:
-        """Write stack row `row` into `model`'s parameters."""
-        model.linear.weight.data.copy_(self.weight[row])
-        model.linear.bias.data.copy_(self.bias[row].view(-1))
 
 
 def train_population(
@@ -196,6 +115,9 @@ class Population:
         self.batch_size = min(configs[0].batch_size, self.n_train)
         self.steps_per_epoch = -(-self.n_train // self.batch_size)
         self.stack = Stack(configs, self.steps_per_epoch * configs[0].epochs, device)
+        sizes = [float(self.batch_size)] * self.steps_per_epoch
+        sizes[-1] = float(self.n_train - self.batch_size * (self.steps_per_epoch - 1))
+        self.batch_sizes = torch.tensor(sizes, device=device, dtype=torch.float64)  # per step
         self.models = [build_model(c.model, c.seed).to(device) for c in configs]
         self.histories: list[list[EpochMetrics]] = [[] for _ in configs]
         self.time_to_target: list[float | None] = [None] * len(configs)
@@ -230,13 +152,27 @@ class Population:
         """One shared pass over the shuffled data: (per-step losses (rows, steps), seconds)."""
         synchronize(self.device)
         start = time.perf_counter()
-        stack, members = self.stack, len(self.stack.members)
+        stack, members, size = self.stack, len(self.stack.members), self.batch_size
         first_step = (epoch - 1) * self.steps_per_epoch
-        log_likelihoods = []
-        for index, batch in enumerate(order.to(self.device).split(self.batch_size)):
-            targets = self.targets.index_select(2, batch).expand(members, 1, -1)
-            log_likelihoods.append(stack.step(self.train_x.index_select(0, batch), targets))
-            stack.update(first_step + index)
+        order = order.to(self.device)
+        batches = order.split(size)
+        # Every step's targets from one gather, already in the step's (K, 1, B) shape.
+        targets = self.targets.index_select(2, order).expand(members, 1, -1).split(size, dim=2)
+        x, log_likelihoods = self.train_x, []
+        # Inference mode skips autograd's dispatch in each op (nothing here is differentiated):
+        # about a microsecond an op, a tenth of a batch-16 step.
+        with torch.inference_mode():
+            if stack.fused:
+                scales = stack.step_scales(first_step, self.batch_sizes)
+                log_likelihoods = [
+                    stack.step(x.index_select(0, batch), target, scale)
+                    for batch, target, scale in zip(batches, targets, scales, strict=True)
+                ]
+            else:
+                lrs = stack.pass_lrs(first_step, len(batches)).float()
+                for batch, target, lr in zip(batches, targets, lrs, strict=True):
+                    log_likelihoods.append(stack.step(x.index_select(0, batch), target))
+                    stack.update(lr)
         losses = step_losses(log_likelihoods, self.batch_size)
         synchronize(self.device)
         return losses, time.perf_counter() - start

@@ -13,9 +13,11 @@ thread count is `choose_threads(...)` for the run, restored afterwards.
 Speed: the data already sits on the device as one float tensor; each step gathers its shuffled
 batch (small enough to stay in cache for the matmuls that follow, which a whole-epoch gather is
 not), computes the closed-form gradient (`ClosedFormStep`, views made once per run) and applies
-`softmaxreg.optim.SGD`. Each step keeps its examples' log-likelihoods on the device; the per-step
-losses are computed from them once per epoch, so the hot loop never waits for the device (one sync
-per epoch, just before the clock is read) and spends no time on per-step reductions.
+`softmaxreg.optim.SGD`; plain SGD (no momentum or weight decay) folds that update into the
+gradient matmul instead (`FusedSGDStep`, `softmaxreg.train_pass`). Each step keeps its
+examples' log-likelihoods on the device; the per-step losses are computed from them once per
+epoch, so the hot loop never waits for the device (one sync per epoch, just before the clock is
+read) and spends no time on per-step reductions.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from softmaxreg.device import choose_threads, resolve_device, synchronize, torch
 from softmaxreg.model import EVAL_CHUNK, build_model
 from softmaxreg.optim import SGD
 from softmaxreg.schedule import is_constant, lr_table
+from softmaxreg.train_pass import TrainPass
 
 
 class TrainingDiverged(RuntimeError):
@@ -279,18 +282,16 @@ def _train(
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
-    step = model.make_step(optimizer.grads)
     # The shuffle has its own generator, so results do not depend on the caller's global RNG.
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     train_x = data.train_x.flatten(1)
-    targets = data.train_y.view(1, 1, -1)  # gathered per step straight into the step's shape
     n_train = train_x.shape[0]
     batch_size = min(config.batch_size, n_train)
     steps_per_epoch = -(-n_train // batch_size)
-    lrs = None
+    lrs = [config.lr] * steps_per_epoch * config.epochs
     if not is_constant(config.lr_schedule, config.warmup_steps):
-        total_steps = steps_per_epoch * config.epochs
-        lrs = lr_table(total_steps, config.lr, config.lr_schedule, config.warmup_steps)
+        lrs = lr_table(len(lrs), config.lr, config.lr_schedule, config.warmup_steps)
+    run_pass = TrainPass(model, optimizer, train_x, data.train_y, batch_size, lrs)
     history: list[EpochMetrics] = []
     time_to_target: float | None = None
     train_seconds_total = 0.0
@@ -301,15 +302,7 @@ def _train(
         synchronize(device)
         start = time.perf_counter()
         order = torch.randperm(n_train, generator=shuffle_generator).to(device)
-        log_likelihoods = []
-        for index, batch in enumerate(order.split(batch_size)):
-            if lrs is not None:
-                optimizer.lr = lrs[(epoch - 1) * steps_per_epoch + index]
-            log_likelihoods.append(
-                step(train_x.index_select(0, batch), targets.index_select(2, batch))
-            )
-            optimizer.step()
-        losses = step_losses(log_likelihoods, batch_size)
+        losses = step_losses(run_pass(order, (epoch - 1) * steps_per_epoch), batch_size)
         synchronize(device)
         epoch_seconds = time.perf_counter() - start
 

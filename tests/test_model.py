@@ -17,6 +17,8 @@ from torch import nn
 from softmaxreg.model import (
     IMAGE_PIXELS,
     NUM_CLASSES,
+    ClosedFormStep,
+    FusedSGDStep,
     SoftmaxRegression,
     TutorialDoubleSoftmax,
     build_model,
@@ -106,6 +108,32 @@ def test_closed_form_leaves_the_weights_and_inputs_alone():
     assert torch.equal(x, x_before)
     assert torch.equal(first[0], second[0])
     assert all(torch.equal(a, b) for a, b in zip(first[1], second[1], strict=True))
+
+
+def test_fused_sgd_step_equals_closed_form_gradients_then_sgd():
+    """Three stacked members at different learning rates, float64: after every batch (the last
+    one smaller, with its own -lr / B) the fused step's weights and log-likelihoods are those of
+    `ClosedFormStep`'s gradients followed by w = w - lr * grad."""
+    models = [trained_looking_model(seed) for seed in (5, 6, 7)]
+    weight = torch.stack([m.linear.weight.detach() for m in models])  # (K, classes, pixels)
+    bias = torch.stack([m.linear.bias.detach() for m in models]).unsqueeze(2)
+    initial = weight.clone()
+    lrs = torch.tensor([0.5, 0.1, 0.02], dtype=torch.float64).view(3, 1, 1)
+    fused_weight, fused_bias = weight.clone(), bias.clone()
+    fused = FusedSGDStep(fused_weight, fused_bias, members=3)
+    grads = [torch.empty_like(weight), torch.empty_like(bias)]
+    reference = ClosedFormStep(weight, bias, *grads, members=3)
+    for batch, seed in ((8, 1), (8, 2), (3, 3)):
+        x, y = random_batch(batch, seed)
+        targets = y.view(1, 1, -1).expand(3, 1, -1)
+        picked = fused(x, targets, -lrs / batch)
+        expected = reference(x, targets)
+        weight.sub_(lrs * grads[0])
+        bias.sub_(lrs * grads[1])
+        torch.testing.assert_close(picked, expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fused_weight, weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(fused_bias, bias, rtol=1e-12, atol=1e-12)
+    assert (weight - initial).abs().max() > 1e-2, "the updates must have moved the weights"
 
 
 def test_hand_worked_zero_weights():

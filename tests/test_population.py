@@ -16,6 +16,7 @@ import torch
 from softmaxreg.config import ConfigError, TrainConfig
 from softmaxreg.model import build_model, evaluate_stack
 from softmaxreg.population import MemberResult, train_population
+from softmaxreg.stack import Stack
 from softmaxreg.trainer import EpochMetrics, TrainingDiverged, TrainResult, evaluate, train
 
 
@@ -40,14 +41,29 @@ def assert_same_run(member: MemberResult, alone: TrainResult) -> None:
 MEMBERS = [
     config(lr=0.01),
     config(lr=0.003, momentum=0.9, weight_decay=1e-3),
-    config(lr=0.03, lr_schedule="cosine", warmup_steps=5, target_accuracy=0.9),
+    # lr 0.02, not more: train() alone takes the fused step, and above ~0.03 the first epoch on
+    # these splits amplifies the two paths' float rounding to 1e-5 (here it stays near 1e-7).
+    config(lr=0.02, lr_schedule="cosine", warmup_steps=5, target_accuracy=0.9),
 ]
 
 
-def test_members_equal_separate_train_runs(synthetic_splits):
-    results = train_population(MEMBERS, synthetic_splits)
-    assert [r.config for r in results] == MEMBERS
-    for member, cfg in zip(results, MEMBERS, strict=True):
+# Plain SGD only: the stack takes the fused step. Batch 300: 2000 / 300 leaves a last batch of
+# 200, whose step is scaled by its own -lr / 200.
+PLAIN = [
+    config(lr=0.01, batch_size=300, lr_schedule="constant"),
+    config(lr=0.03, batch_size=300, warmup_steps=4),
+    config(lr=0.002, batch_size=300, lr_schedule="linear"),
+]
+
+
+@pytest.mark.parametrize(
+    ("members", "fused"), [(MEMBERS, False), (PLAIN, True)], ids=["general", "fused"]
+)
+def test_members_equal_separate_train_runs(synthetic_splits, members, fused):
+    assert Stack(members, total_steps=1, device=torch.device("cpu")).fused == fused
+    results = train_population(members, synthetic_splits)
+    assert [r.config for r in results] == members
+    for member, cfg in zip(results, members, strict=True):
         alone = train(cfg, synthetic_splits)
         assert_same_run(member, alone)
         assert (member.time_to_target_seconds is None) == (alone.time_to_target_seconds is None)
@@ -64,17 +80,18 @@ def test_initial_weights_are_build_models(synthetic_splits):
             torch.testing.assert_close(mine.detach(), expected.detach())
 
 
-def test_a_stopped_member_stops_alone(synthetic_splits):
+@pytest.mark.parametrize("members", [MEMBERS, PLAIN], ids=["general", "fused"])
+def test_a_stopped_member_stops_alone(synthetic_splits, members):
     seen: list[list[int]] = [[], [], []]
     callbacks = [StopAt(seen[0], None), StopAt(seen[1], 1), StopAt(seen[2], None)]
-    results = train_population(MEMBERS, synthetic_splits, callbacks)
+    results = train_population(members, synthetic_splits, callbacks)
     assert seen == [[1, 2, 3], [1], [1, 2, 3]]
     assert [r.stopped_early for r in results] == [False, True, False]
     assert [len(r.epochs) for r in results] == [3, 1, 3]
-    alone = train(MEMBERS[1], synthetic_splits, callback=StopAt([], 1))
+    alone = train(members[1], synthetic_splits, callback=StopAt([], 1))
     assert_same_run(results[1], alone)
-    for index in (0, 2):
-        assert_same_run(results[index], train(MEMBERS[index], synthetic_splits))
+    for index in (0, 2):  # the stack went on without row 1: the others' rows are unchanged
+        assert_same_run(results[index], train(members[index], synthetic_splits))
 
 
 @dataclasses.dataclass
@@ -95,8 +112,10 @@ def test_when_every_member_stops_the_population_returns(synthetic_splits):
     assert all(r.stopped_early for r in results)
 
 
-def test_a_diverging_member_fails_alone(synthetic_splits):
-    configs = [MEMBERS[0], config(lr=1e35), MEMBERS[1]]
+@pytest.mark.parametrize("members", [MEMBERS, PLAIN], ids=["general", "fused"])
+def test_a_diverging_member_fails_alone(synthetic_splits, members):
+    batch_size = members[0].batch_size
+    configs = [members[0], config(lr=1e35, batch_size=batch_size), members[1]]
     results = train_population(configs, synthetic_splits)
     with pytest.raises(TrainingDiverged) as alone_error:
         train(configs[1], synthetic_splits)
@@ -179,3 +198,22 @@ def test_stacked_evaluation_equals_each_model_evaluated_alone(synthetic_splits):
         assert loss == pytest.approx(alone[0], rel=1e-5)
         assert accuracy == pytest.approx(alone[1], abs=1.01 / len(synthetic_splits.val_y))
     assert len(set(losses)) == 4  # four different models: the comparison is not vacuous
+
+
+def test_stacked_evaluation_resolves_tied_logits_as_argmax_does(synthetic_splits):
+    """A model with zero weights ties all ten logits of every example: argmax says class 0, so
+    its accuracy is the share of class 0, not 1 (every target's logit is a maximum)."""
+    models = [build_model("logits", 0), build_model("logits", 1)]
+    with torch.no_grad():
+        models[1].linear.weight.zero_()
+        models[1].linear.bias.zero_()
+    weight = torch.stack([m.linear.weight.detach() for m in models])
+    bias = torch.stack([m.linear.bias.detach() for m in models]).unsqueeze(2)
+    x, y = synthetic_splits.val_x, synthetic_splits.val_y
+    losses, accuracies = evaluate_stack(weight, bias, x, y)
+    assert accuracies[1] == pytest.approx(float((y == 0).double().mean()))
+    assert 0 < accuracies[1] < 0.5 and losses[1] == pytest.approx(math.log(10))
+    for model, loss, accuracy in zip(models, losses, accuracies, strict=True):
+        alone = evaluate(model, x, y)
+        assert loss == pytest.approx(alone[0], rel=1e-5)
+        assert accuracy == pytest.approx(alone[1], abs=1.01 / len(y))

@@ -67,25 +67,40 @@ def test_edge_cases():
         lr_at(5, 10, 0.1, "step", 0)
 
 
-def test_train_applies_the_schedule_and_ends_at_lr_zero(synthetic_splits, monkeypatch):
-    """The optimiser's lr at each step is lr_at's; with linear decay the last step uses 0."""
+@pytest.mark.parametrize("momentum", [0.0, 0.5], ids=["fused_step", "optimizer"])
+def test_train_applies_the_schedule_and_ends_at_lr_zero(synthetic_splits, monkeypatch, momentum):
+    """The lr of each step is lr_at's; with linear decay the last step uses 0. Plain SGD gets
+    it as the fused step's -lr / B, momentum as the optimiser's lr."""
+    import softmaxreg.model
     import softmaxreg.optim
 
     seen: list[float] = []
     original_step = softmaxreg.optim.SGD.step
+    original_fused = softmaxreg.model.FusedSGDStep.__call__
 
     def recording_step(self):
         seen.append(self.lr)
         original_step(self)
 
+    def recording_fused(self, x, targets, scale):
+        seen.append(-scale * x.shape[0])
+        return original_fused(self, x, targets, scale)
+
     monkeypatch.setattr(softmaxreg.optim.SGD, "step", recording_step)
+    monkeypatch.setattr(softmaxreg.model.FusedSGDStep, "__call__", recording_fused)
     config = TrainConfig(
-        batch_size=500, lr=0.1, epochs=3, device="cpu", lr_schedule="linear", warmup_steps=2
+        batch_size=500,
+        lr=0.1,
+        epochs=3,
+        device="cpu",
+        lr_schedule="linear",
+        warmup_steps=2,
+        momentum=momentum,
     )
     train(config, synthetic_splits)
     total = 3 * 4  # 2000 examples / batch 500, three epochs
-    assert seen == lr_table(total, 0.1, "linear", 2)
-    assert seen[0] == 0.05 and seen[1] == 0.1 and seen[-1] == 0.0
+    assert seen == pytest.approx(lr_table(total, 0.1, "linear", 2), rel=1e-15, abs=0)
+    assert seen[0] == pytest.approx(0.05) and seen[1] == pytest.approx(0.1) and seen[-1] == 0.0
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

@@ -1,0 +1,55 @@
+"""`train()`'s pass over one epoch's shuffled batches: `TrainPass(...)(order, first_step)`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from softmaxreg.model import ClosedFormStep, FusedSGDStep
+from softmaxreg.optim import SGD
+
+
+class TrainPass:
+    """One run's passes over shuffled data: calling it with an epoch's `order` and the run's
+    step number at its start trains on every batch and returns each step's log-likelihoods
+    (1, 1, B).
+
+    Plain SGD on the logits model (no momentum, no weight decay) steps with `FusedSGDStep`,
+    which adds -lr / B times the closed-form gradient straight into the weights; any other run
+    writes gradients into `optimizer.grads` and calls `optimizer.step()`. The pass's targets
+    are gathered once, and a closed-form pass runs in inference mode (no autograd dispatch per
+    op; the autograd ablation model needs autograd, so it runs without)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: SGD,
+        train_x: torch.Tensor,
+        train_y: torch.Tensor,
+        batch_size: int,
+        lrs: list[float],
+    ) -> None:
+        self.optimizer, self.train_x, self.batch_size = optimizer, train_x, batch_size
+        self.lrs = lrs  # every step's learning rate, over the whole run
+        self.targets = train_y.view(1, 1, -1)
+        self.step = model.make_step(optimizer.grads)
+        self.closed_form = isinstance(self.step, ClosedFormStep)
+        self.fused = self.closed_form and not (optimizer.momentum or optimizer.weight_decay)
+        if self.fused:
+            self.step = FusedSGDStep(model.linear.weight, model.linear.bias)
+
+    def __call__(self, order: torch.Tensor, first_step: int) -> list[torch.Tensor]:
+        size, x, step, optimizer = self.batch_size, self.train_x, self.step, self.optimizer
+        batches = order.split(size)
+        targets = self.targets.index_select(2, order).split(size, dim=2)
+        lrs = self.lrs[first_step : first_step + len(batches)]
+        log_likelihoods = []
+        with torch.inference_mode(self.closed_form):
+            for batch, target, lr in zip(batches, targets, lrs, strict=True):
+                if self.fused:
+                    log_likelihoods.append(step(x.index_select(0, batch), target, -lr / len(batch)))
+                else:
+                    optimizer.lr = lr
+                    log_likelihoods.append(step(x.index_select(0, batch), target))
+                    optimizer.step()
+        return log_likelihoods
