@@ -120,6 +120,33 @@ def mlflow_events_silenced() -> MlflowEventsAndWarningsBehaviorGlobally:
     )
 
 
+@contextlib.contextmanager
+def requirements_trusted() -> Iterator[None]:
+    """MLflow's check of a model's requirements against the installed packages off for the call.
+
+    `log_model` checks every requirement it writes (and loading the model back to validate the
+    input example checks them again) through a map of every installed distribution's files,
+    built by reading all of them: 0.4-0.8 s here, more than logging the model itself. Ours are
+    pinned from this very process (`torch.__version__`, and MLflow pins its own version), so
+    the check cannot find a mismatch; the pins written to the model are the same."""
+    import mlflow.pyfunc
+    import mlflow.utils.environment
+
+    modules = (mlflow.utils.environment, mlflow.pyfunc)
+    saved = [module.warn_dependency_requirement_mismatches for module in modules]
+    for module in modules:
+        module.warn_dependency_requirement_mismatches = _no_check
+    try:
+        yield
+    finally:
+        for module, function in zip(modules, saved, strict=True):
+            module.warn_dependency_requirement_mismatches = function
+
+
+def _no_check(_requirements: list[str]) -> None:
+    return None
+
+
 def registered_version(client: MlflowClient, name: str, run_id: str) -> str | None:
     """The version of `name` built from run `run_id`, if any."""
     try:
@@ -296,7 +323,12 @@ def log_model_version(client: MlflowClient, uri: str, source: ModelSource, name:
     with torch.no_grad():
         signature = infer_signature(example, source.model(torch.from_numpy(example)).numpy())
     logged = create_logged_model(client, source.run_id, source.tags)
-    with tracking_uri(uri), warnings.catch_warnings(), mlflow_events_silenced():
+    with (
+        tracking_uri(uri),
+        warnings.catch_warnings(),
+        mlflow_events_silenced(),
+        requirements_trusted(),
+    ):
         warnings.simplefilter("ignore")  # pickle-format and pip-version advice on every call
         info = mlflow.pytorch.log_model(
             source.model,

@@ -29,6 +29,7 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt
 import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
@@ -172,6 +173,14 @@ def plot_best_lr_per_batch_size(study: optuna.Study) -> plt.Axes:
     return left
 
 
+def importance_evaluator() -> FanovaImportanceEvaluator:
+    """Optuna's default method (fANOVA) with a quarter of its default 64 trees, seeded: the
+    forest was the costliest step of the whole end of a study (0.5 s of 100 trials here, 0.2 s
+    with 16 trees), two parameters need no more trees (their shares moved by <0.01), and the
+    seed draws the same plot of the same study every time."""
+    return FanovaImportanceEvaluator(n_trees=16, seed=0)
+
+
 def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
     """File name → function drawing that plot on the current matplotlib figure."""
     view = display_study(study)
@@ -188,7 +197,7 @@ def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
             optuna_plots.plot_contour, view, params=["lr", "log2_batch_size"], **target
         ),
         "param_importances.png": functools.partial(
-            optuna_plots.plot_param_importances, view, **target
+            optuna_plots.plot_param_importances, view, evaluator=importance_evaluator(), **target
         ),
         "validation_curves.png": functools.partial(plot_validation_curves, study),
         "best_lr_per_batch_size.png": functools.partial(plot_best_lr_per_batch_size, study),
