@@ -29,7 +29,6 @@ matplotlib.use("Agg")  # files only: never needs a display
 import matplotlib.pyplot as plt
 import optuna
 from optuna.distributions import FloatDistribution, IntDistribution
-from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial, TrialState
 from optuna.visualization import matplotlib as optuna_plots
 
@@ -173,12 +172,20 @@ def plot_best_lr_per_batch_size(study: optuna.Study) -> plt.Axes:
     return left
 
 
-def importance_evaluator() -> FanovaImportanceEvaluator:
+def importance_evaluator() -> optuna.importance.FanovaImportanceEvaluator:
     """Optuna's default method (fANOVA) with a quarter of its default 64 trees, seeded: the
     forest was the costliest step of the whole end of a study (0.5 s of 100 trials here, 0.2 s
     with 16 trees), two parameters need no more trees (their shares moved by <0.01), and the
-    seed draws the same plot of the same study every time."""
+    seed draws the same plot of the same study every time. Imported here: `optuna.importance`
+    imports scikit-learn (1-2 s), which a study too small for the plot never needs."""
+    from optuna.importance import FanovaImportanceEvaluator
+
     return FanovaImportanceEvaluator(n_trees=16, seed=0)
+
+
+def plot_param_importances(view: optuna.Study, **target) -> plt.Axes:
+    """Optuna's importances plot with `importance_evaluator`, built only when this is drawn."""
+    return optuna_plots.plot_param_importances(view, evaluator=importance_evaluator(), **target)
 
 
 def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
@@ -196,9 +203,7 @@ def study_plots(study: optuna.Study) -> dict[str, Callable[[], object]]:
         "contour_lr_batch_size.png": functools.partial(
             optuna_plots.plot_contour, view, params=["lr", "log2_batch_size"], **target
         ),
-        "param_importances.png": functools.partial(
-            optuna_plots.plot_param_importances, view, evaluator=importance_evaluator(), **target
-        ),
+        "param_importances.png": functools.partial(plot_param_importances, view, **target),
         "validation_curves.png": functools.partial(plot_validation_curves, study),
         "best_lr_per_batch_size.png": functools.partial(plot_best_lr_per_batch_size, study),
     }
