@@ -41,6 +41,12 @@ def trials(database: Path) -> list[tuple[int, str, datetime.datetime, int]]:
     ]
 
 
+def both_workers_going(database: Path, completed: int) -> bool:
+    """`completed` trials are complete and each of the 2 workers has started one: with passes
+    of 4, one worker can complete 4 before the other has asked for its first."""
+    return completed_trials(database) >= completed and {w for *_, w in trials(database)} == {0, 1}
+
+
 def assert_stopped_cleanly(err: str) -> None:
     for sign in ("Traceback", "Exception ignored", "BrokenPipeError"):
         assert sign not in err, err
@@ -61,8 +67,8 @@ def test_a_signal_to_the_workers_command_stops_every_worker_and_starts_no_trial(
     ))  # fmt: skip
     database = tmp_path / "optuna.db"
     wait_for(
-        lambda: completed_trials(database) >= 3 + round_ or process.poll() is not None,
-        "trials completing in both workers",
+        lambda: both_workers_going(database, 3 + round_) or process.poll() is not None,
+        "trials completing, and a trial of each worker",
         timeout=PROCESS_TIMEOUT,
     )
     assert process.poll() is None, process.communicate()[1]
