@@ -51,15 +51,43 @@ class SoftmaxRegression(nn.Module):
         return ClosedFormStep(self.linear.weight, self.linear.bias, grads[0], grads[1])
 
 
-class ClosedFormStep:
-    """Log-likelihoods and closed-form gradients for K stacked softmax regressions.
+class StackedLogits:
+    """K stacked softmax regressions' log-likelihoods and softmax-minus-one-hot, the part
+    `ClosedFormStep` and `FusedSGDStep` share.
 
     `weight` is (K x classes, pixels) or (K, classes, pixels) and `bias` (K x classes) or
-    (K, classes), member after member; K = 1 is one model. Calling the step with a batch x
-    (B, pixels) and targets (K, 1, B) returns each example's log-likelihood (K, 1, B) and writes
-    each member's d mean loss / d (weight, bias) into `grad_weight`, `grad_bias`. The views are
-    made once here (detached, so no autograd and no `no_grad` per step): a batch-16 step is
-    about 100 microseconds, and each view or context manager costs 2-4 of them.
+    (K, classes), member after member; K = 1 is one model. The views are made once here
+    (detached, so no autograd and no `no_grad` per step): a batch-16 step is tens of
+    microseconds, and each view or context manager costs a few of them.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, members: int = 1) -> None:
+        pixels = weight.shape[-1]
+        self.members = members
+        self.classes = weight.numel() // pixels // members
+        self.weight = weight.detach().view(-1, pixels)
+        self.bias = bias.detach().view(-1, 1)
+
+    def residual(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(each example's log-likelihood (K, 1, B), softmax minus one-hot (K, classes, B)) for a
+        batch x (B, pixels) and targets (K, 1, B): the gradient of the summed loss by the
+        logits."""
+        # Logits as classes x batch: (10, 784) @ (784, B) runs about twice as fast on a CPU as
+        # (B, 784) @ (784, 10), and the gradient matmul then needs no transpose either.
+        logits = torch.addmm(self.bias, self.weight, x.t())
+        log_probs = torch.log_softmax(logits.view(self.members, self.classes, -1), dim=1)
+        picked = log_probs.gather(1, targets)
+        residual = log_probs.exp_()  # softmax, then minus one-hot
+        residual.scatter_(1, targets, -1.0, reduce="add")
+        return picked, residual
+
+
+class ClosedFormStep(StackedLogits):
+    """Log-likelihoods and closed-form gradients for K stacked softmax regressions.
+
+    Calling the step with a batch x (B, pixels) and targets (K, 1, B) returns each example's
+    log-likelihood (K, 1, B) and writes each member's d mean loss / d (weight, bias) into
+    `grad_weight`, `grad_bias` (shapes as in `StackedLogits`).
     """
 
     def __init__(
@@ -70,29 +98,19 @@ class ClosedFormStep:
         grad_bias: torch.Tensor,
         members: int = 1,
     ) -> None:
-        pixels = weight.shape[-1]
-        self.members = members
-        self.classes = weight.numel() // pixels // members
-        self.weight = weight.detach().view(-1, pixels)
-        self.bias = bias.detach().view(-1, 1)
-        self.grad_weight = grad_weight.view(-1, pixels)
+        super().__init__(weight, bias, members)
+        self.grad_weight = grad_weight.view(-1, weight.shape[-1])
         self.grad_bias = grad_bias.view(members, self.classes, 1)
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Logits as classes x batch: (10, 784) @ (784, B) runs about twice as fast on a CPU as
-        # (B, 784) @ (784, 10), and the gradient matmul then needs no transpose either.
-        logits = torch.addmm(self.bias, self.weight, x.t())
-        log_probs = torch.log_softmax(logits.view(self.members, self.classes, -1), dim=1)
-        picked = log_probs.gather(1, targets)
-        grad_logits = log_probs.exp_()  # softmax, then minus one-hot, over the batch size
-        grad_logits.scatter_(1, targets, -1.0, reduce="add")
-        grad_logits.div_(x.shape[0])
+        picked, grad_logits = self.residual(x, targets)
+        grad_logits.div_(x.shape[0])  # the mean over the batch
         torch.mm(grad_logits.view(-1, x.shape[0]), x, out=self.grad_weight)
         torch.sum(grad_logits, dim=2, keepdim=True, out=self.grad_bias)
         return picked
 
 
-class FusedSGDStep:
+class FusedSGDStep(StackedLogits):
     """`ClosedFormStep` with plain SGD's update folded into the gradient matmul, for stacked
     members without momentum or weight decay (one update rule: w = w - lr * grad).
 
@@ -106,21 +124,13 @@ class FusedSGDStep:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, members: int = 1) -> None:
-        pixels = weight.shape[-1]
-        self.members = members
-        self.classes = weight.numel() // pixels // members
-        self.weight = weight.detach().view(-1, pixels)
-        self.bias = bias.detach().view(-1, 1)
+        super().__init__(weight, bias, members)
         self.ones: dict[int, torch.Tensor] = {}  # (B, 1) columns of ones, one per batch size
 
     def __call__(self, x: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         batch = x.shape[0]
-        logits = torch.addmm(self.bias, self.weight, x.t())  # classes x batch, as ClosedFormStep
-        log_probs = torch.log_softmax(logits.view(self.members, self.classes, batch), dim=1)
-        picked = log_probs.gather(1, targets)
-        step = log_probs.exp_()  # softmax, minus one-hot, times -lr / B: each member's step
-        step.scatter_(1, targets, -1.0, reduce="add")
-        step = step.mul_(scale).view(-1, batch)
+        picked, step = self.residual(x, targets)
+        step = step.mul_(scale).view(-1, batch)  # each member's step: times -lr / B
         self.weight.addmm_(step, x)
         ones = self.ones.get(batch)
         if ones is None:
