@@ -120,14 +120,11 @@ def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mi
     study as it ended, and the last to end closed the parent run (refit and model included),
     so a reconcile here would read every run again (1-2 s of 100 trials) to repair nothing.
     Any other exit (a fault, a signal) gets the full `reconcile_study` instead."""
-    mirror = Mirror(
-        stores, study.study_name, study.user_attrs["study_uuid"],
-        wait_seconds=sweep.tracking_wait_seconds, log=lambda line: print(line, file=sys.stderr),
+    mirror = Mirror.open(
+        stores, study, wait_seconds=sweep.tracking_wait_seconds,
+        log=lambda line: print(line, file=sys.stderr),
     )  # fmt: skip
-    mirror.parent_run_id = study.user_attrs["mlflow_parent_run_id"]
-    mirror.experiment_id = mirror.call(
-        mirror.client.get_run, mirror.parent_run_id
-    ).info.experiment_id
+    mirror.ensure_parent_run(study, {}, reopen=False)  # finds it; leaves its status alone
     return mirror
 
 
