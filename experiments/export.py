@@ -90,6 +90,7 @@ import optuna
 import pandas as pd
 
 from experiments.config import STUDY_NAME_PATTERN, normalise_tracking
+from experiments.process_exit import exit_without_teardown
 from experiments.results import (
     best_per_batch_size,
     best_per_batch_size_markdown,
@@ -267,4 +268,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

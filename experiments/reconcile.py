@@ -26,6 +26,7 @@ import optuna
 from experiments.config import Stores, SweepConfig
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
+from experiments.process_exit import exit_without_teardown
 from experiments.store_faults import is_store_failure, store_failure_line
 from experiments.stores import (
     ServerRefused,
@@ -122,4 +123,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -44,6 +44,7 @@ from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.process_exit import exit_without_teardown
 from experiments.reconcile import reconcile_study
 from experiments.report import (
     format_report,
@@ -265,4 +266,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -16,6 +16,7 @@ import sys
 from tqdm import tqdm
 
 from experiments.common import load_data_or_exit, parse_configs
+from experiments.process_exit import exit_without_teardown
 from experiments.third_party_warnings import hide_third_party_warnings
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.device import DeviceUnavailableError, resolve_device
@@ -81,4 +82,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

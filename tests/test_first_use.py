@@ -8,7 +8,8 @@ Every file the three wrote must be readable by group and others, and a git worki
 the project's .gitignore must see none of them. The same sweep's output is read as the user
 reads it: the registered model announced once, in the report's words (MLflow's own
 "Successfully registered model" and "Created version" lines kept off), and no warning raised by
-a third-party package on stderr, the sweep's or the export's.
+a third-party package on stderr, the sweep's or the export's. And the stores it leaves are whole
+in their `.db` files: a copy of each file alone holds every trial and run.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -117,7 +120,9 @@ def unreadable_files(folder: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first_sweep(mnist_gz_folder, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def first_sweep(
+    mnist_gz_folder, tmp_path_factory
+) -> tuple[Path, subprocess.CompletedProcess, StoresCopiedAlone]:
     """A new user's first sweep, in a folder of their own holding only the `.gz` files."""
     folder = tmp_path_factory.mktemp("first-use")
     raw_dir = DATASETS["mnist"].raw_dir(folder / "data")
@@ -133,11 +138,39 @@ def first_sweep(mnist_gz_folder, tmp_path_factory) -> tuple[Path, subprocess.Com
     )
     assert sweep.returncode == 0, sweep.stderr
     assert len(list(raw_dir.glob("*-ubyte"))) == 4  # unpacked by the sweep's own fetch
-    return folder, sweep
+    # What a user who copies the stores right after the sweep gets: each .db file alone.
+    alone = tmp_path_factory.mktemp("stores-copied-alone")
+    left_beside = sorted(p.name for p in folder.iterdir() if p.name.endswith(("-wal", "-shm")))
+    for name in ("optuna.db", "mlflow.db"):
+        shutil.copyfile(folder / name, alone / name)
+    return folder, sweep, StoresCopiedAlone(alone, left_beside)
+
+
+@dataclass
+class StoresCopiedAlone:
+    """optuna.db and mlflow.db copied without their folder right after the sweep exited, and the
+    SQLite side files (write-ahead log, its index) the sweep left beside them."""
+
+    folder: Path
+    left_beside: list[str]
+
+
+def test_the_stores_are_whole_in_their_db_files_when_the_sweep_has_exited(first_sweep):
+    """The sweep leaves without the interpreter's teardown (experiments.process_exit): its
+    engines must still be closed first, so SQLite has moved its write-ahead log into each .db
+    and a copy of the .db alone holds every trial and run."""
+    _, _, copied = first_sweep
+    assert copied.left_beside == []
+    with sqlite3.connect(copied.folder / "optuna.db") as optuna_db:
+        states = optuna_db.execute("SELECT state, COUNT(*) FROM trials GROUP BY state").fetchall()
+    assert states == [("COMPLETE", 2)]
+    with sqlite3.connect(copied.folder / "mlflow.db") as mlflow_db:
+        runs = mlflow_db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
+    assert runs == [("FINISHED", 4)]  # the study's parent run, one run per trial, the refit's
 
 
 def test_printed_commands_run_as_printed_and_what_they_write_is_readable_and_ignored(first_sweep):
-    folder, sweep = first_sweep
+    folder, sweep, _ = first_sweep
     export = run_plain(printed(sweep.stdout, "export the table:"), folder, **EVERY_WARNING)
     assert export.returncode == 0, export.stderr
     assert warning_lines(export.stderr) == []
@@ -158,7 +191,7 @@ def test_printed_commands_run_as_printed_and_what_they_write_is_readable_and_ign
 def test_the_registered_model_is_announced_once_in_our_words(first_sweep):
     """MLflow's own "Successfully registered model" and "Created version" lines repeat what the
     report's refit line says: neither reaches the user, and ours is there."""
-    _, sweep = first_sweep
+    _, sweep, _ = first_sweep
     output = sweep.stdout + sweep.stderr
     assert "Successfully registered model" not in output
     assert "Created version" not in output
@@ -167,5 +200,5 @@ def test_the_registered_model_is_announced_once_in_our_words(first_sweep):
 
 
 def test_no_third_party_warning_reaches_the_user(first_sweep):
-    _, sweep = first_sweep
+    _, sweep, _ = first_sweep
     assert warning_lines(sweep.stderr) == []
