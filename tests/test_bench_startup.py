@@ -14,6 +14,8 @@ def test_startup_section_on_real_mnist(real_mnist_root, tmp_path):
     out = run_quick(real_mnist_root, tmp_path, "startup")
     startup = read(out, "startup")
     assert len(startup) == 1 and (startup.fixed_s > 0).all() and (startup.bare_imports_s > 0).all()
+    assert (startup.bare_imports_no_teardown_s > 0).all()  # the stricter floor, timed too
+    assert (startup.ratio_no_teardown == startup.fixed_s / startup.bare_imports_no_teardown_s).all()
     memory = read(out, "startup_memory")
     assert list(memory.workers) == [1, 2] and list(memory.processes) == [1, 3]
     assert (memory.rss_mb >= memory.pss_mb).all() and (memory.pss_mb > 0).all()
