@@ -164,17 +164,11 @@ def study_outcome(
     )
 
 
-def finish_parent_if_last(
-    study: optuna.Study,
-    mirror: Mirror,
-    registry: WorkerRegistry,
-    outcome: SweepOutcome,
-    objective: Objective,
+def finish_parent(
+    study: optuna.Study, mirror: Mirror, outcome: SweepOutcome, objective: Objective
 ) -> None:
-    """The last worker of the study refits its best trial (unless --no-refit), then closes its
-    parent run with a summary of the whole study."""
-    if registry.others_alive():
-        return
+    """The study's last worker (`WorkerRegistry.end`) refits its best trial (unless --no-refit),
+    then closes its parent run with a summary of the whole study."""
     if objective.sweep.refit:
         ensure_refit(study, objective.data, objective.train_config, mirror.stores.optuna_url,
                      mirror.log)  # fmt: skip
@@ -228,7 +222,7 @@ def run_sweep(
         sweep, stores, study_name, train_config, data, sweep.worker_id, log, data_config,
     )  # fmt: skip
     log(watch.call(opening_line, study))
-    registry = WorkerRegistry(study, sweep.worker_id, sweep)
+    registry = WorkerRegistry(study, sweep.worker_id, sweep, stores.optuna_url)
     watch.call(registry.start)
     n_trials = watch.call(trials_to_run, study, sweep, sweep.n_trials)
     progress = tqdm(
@@ -262,12 +256,13 @@ def run_sweep(
         close_after_interrupt(mirror, tracker, registry)
         raise
     progress.close()
-    watch.call(registry.stop)
+    last = watch.call(registry.end)
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
     watch.call(mirror.reconcile, study)
     outcome = watch.call(
         study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes
     )
-    watch.call(finish_parent_if_last, study, mirror, registry, outcome, objective)
+    if last:
+        watch.call(finish_parent, study, mirror, outcome, objective)
     return outcome

@@ -13,7 +13,8 @@ server, each with its own `--worker-id` range.
 
 Liveness of whole workers (`WorkerRegistry`) lives in the study's system attributes: each worker
 beats there while it runs and marks itself ended when it stops. The last worker to end (no
-other live entry) finishes the study's parent run; a worker that vanished (kill -9) stops
+other live entry, checked as it marks itself ended, under the study's lock) finishes the
+study's parent run; a worker that vanished (kill -9) stops
 beating and counts as dead after the grace period. Liveness of trials is Optuna's own heartbeat.
 
 Signals: a worker handles them through `experiments.interrupts` (Ctrl-C, SIGTERM and SIGHUP
@@ -45,7 +46,9 @@ import torch
 
 from experiments.config import GRACE_HEARTBEATS, SweepConfig
 from experiments.interrupts import SIGNAL_EXIT, install_signal_handlers
+from experiments.locks import store_lock
 from experiments.store_faults import is_store_failure
+from experiments.study import study_lock_name
 
 REGISTRY_PREFIX = "softmaxreg.worker."
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -54,8 +57,11 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 class WorkerRegistry:
     """This worker's entry among the study's system attributes, refreshed while it runs."""
 
-    def __init__(self, study: optuna.Study, worker_id: int, sweep: SweepConfig) -> None:
+    def __init__(
+        self, study: optuna.Study, worker_id: int, sweep: SweepConfig, optuna_url: str
+    ) -> None:
         self.study = study
+        self.optuna_url = optuna_url
         self.worker_id = worker_id
         self.interval = sweep.heartbeat_seconds
         self.key = REGISTRY_PREFIX + uuid.uuid4().hex
@@ -94,6 +100,16 @@ class WorkerRegistry:
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 5)
         self._write(ended=True)
+
+    def end(self) -> bool:
+        """`stop`, then whether this worker was the study's last live one, both under the
+        study's lock: of workers that end together exactly one finds every other ended, and it
+        alone finishes the parent run. (Checked later and without the lock, two workers ending
+        within a second of each other could each see the other ended, and both refit, draw the
+        plots and log the model.)"""
+        with store_lock(self.optuna_url, study_lock_name(self.study.study_name)):
+            self.stop()
+            return not self.others_alive()
 
     def abandon(self) -> None:
         """`stop` on the way out after a fault: one attempt to record the end; if the storage

@@ -164,6 +164,9 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         assert run.data.params["train_examples"] == "60000"
         assert out.count("refit of trial") == 1  # the command's report, not the workers'
         assert err.count("refit: trial") == 1  # one refit trained
+        # One worker, the last to end, closed the parent run: its summary was logged once.
+        (parent,) = runs_of(client, "workers")[0]
+        assert len(client.get_metric_history(parent.info.run_id, "study_trials_total")) == 1
 
 
 def start_on_cores(cwd: Path, argv: list[str], cores: set[int]) -> subprocess.Popen:
