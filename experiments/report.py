@@ -204,13 +204,20 @@ def _export_command(outcome: SweepOutcome, sweep: SweepConfig) -> str:
     return command
 
 
+def this_run_line(outcome: SweepOutcome) -> str:
+    """The report's first line: this invocation's own trials (a forked worker's whole report)."""
+    return (
+        f"this run: {outcome.new_trials} trials in {outcome.wall_seconds:.1f} s "
+        f"({state_counts([s for s, n in outcome.own_states.items() for _ in range(n)])})"
+    )
+
+
 def format_report(outcome: SweepOutcome, sweep: SweepConfig, stores: Stores) -> str:
     """The end-of-run summary: own and study counts, best trial, comparison table, where to
     look, what to run next."""
     optuna_shown, tracking_shown = stores.shown()
     lines = [
-        f"this run: {outcome.new_trials} trials in {outcome.wall_seconds:.1f} s "
-        f"({state_counts([s for s, n in outcome.own_states.items() for _ in range(n)])})",
+        this_run_line(outcome),
         f"study {outcome.study_name}: {len(outcome.trials)} trials in total "
         f"({state_counts(outcome.trials['state'])})",
         *_best_lines(outcome, sweep),

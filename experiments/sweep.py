@@ -42,13 +42,12 @@ import torch
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
+from experiments.finish_handoff import FinishHandoff, start_preloading
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.process_exit import exit_without_teardown
 from experiments.reconcile import reconcile_study
-from experiments.report import (
-    format_report,
-)
+from experiments.report import format_report, this_run_line
 from experiments.store_faults import (
     StorageUnavailable,
     disk_full,
@@ -68,7 +67,7 @@ from experiments.study import (
     find_study,
 )
 from experiments.third_party_warnings import hide_third_party_warnings
-from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
+from experiments.worker import SWEPT_FIELDS, finish_parent, run_sweep, study_outcome
 from experiments.workers import RunWorker, resolve_workers, run_workers, threads_per_worker
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
@@ -130,14 +129,24 @@ def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mi
 
 
 def run_coordinator(
-    run_worker: RunWorker, sweep: SweepConfig, threads: int, stores: Stores, name: str
+    run_worker: RunWorker,
+    sweep: SweepConfig,
+    train_config: TrainConfig,
+    data: DataSplits,
+    stores: Stores,
+    name: str,
 ) -> int:
     """--workers N: fork N workers, then report on the whole study, reconciled first unless
-    every worker exited 0 (`report_mirror`)."""
+    every worker exited 0 (`report_mirror`); if the study's last worker was one of ours, finish
+    the study here (`experiments.finish_handoff`), with the modules that takes imported while
+    the workers trained."""
     started = time.perf_counter()
     began = datetime.datetime.now()
+    handoff = FinishHandoff()
+    run_worker = functools.partial(run_worker, handoff=handoff)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
-    status, summaries = run_workers(sweep, threads or threads_per_worker(sweep.workers), run_worker)
+    threads = train_config.threads or threads_per_worker(sweep.workers)
+    status, summaries = run_workers(sweep, threads, run_worker, after_fork=start_preloading)
     print("\n".join(summaries))
     try:
         study = find_study(stores.optuna_url, name)
@@ -176,6 +185,14 @@ def run_coordinator(
         [],
     )
     outcome.tracking_seconds = math.nan  # the workers spent it; each reports its own share
+    if handoff.handed_over:
+        try:
+            finish_parent(study, mirror, outcome, sweep, train_config, data)
+        except Exception as error:  # a store out of reach or full: reconcile finishes it later
+            if not is_store_failure(error):
+                raise
+            print(f"error: {store_failure_line(error)}", file=sys.stderr)
+            return status or 1
     print(format_report(outcome, sweep, stores))
     return status
 
@@ -188,14 +205,17 @@ def run_one_worker(
     stores: Stores,
     sweep: SweepConfig,
     threads: int = 0,
+    *,
+    handoff: FinishHandoff | None = None,
 ) -> int:
     """One worker on the study, then its report; the exit status. In this process (--workers
-    1) or in a worker forked by `run_workers` (with its own `sweep` and `threads`)."""
+    1) or in a worker forked by `run_workers` (with its own `sweep` and `threads`, and its
+    command's `handoff`: its report is then the one line its command collects)."""
     install_signal_handlers()
     if threads:
         train_config = replace(train_config, threads=threads)
     try:
-        outcome = run_sweep(sweep, train_config, data_config, data)
+        outcome = run_sweep(sweep, train_config, data_config, data, handoff=handoff)
     except SweepError as error:
         parser.error(str(error))
     except Terminated as stop:
@@ -232,7 +252,7 @@ def run_one_worker(
             raise
         print(f"error: {fault}", file=sys.stderr)
         return 1
-    print(format_report(outcome, sweep, stores))
+    print(this_run_line(outcome) if handoff is not None else format_report(outcome, sweep, stores))
     return 0
 
 
@@ -261,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
     if sweep.workers > 1:
         name = study_name_for(sweep, data_config)
-        return run_coordinator(worker, sweep, train_config.threads, stores, name)
+        return run_coordinator(worker, sweep, train_config, data, stores, name)
     return worker(sweep)
 
 

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
+from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
@@ -140,13 +141,19 @@ def study_outcome(
     trial_seconds: float,
     started: float,
     notes: list[str],
+    *,
+    with_runs: bool = True,
 ) -> SweepOutcome:
-    """What this invocation did (`own_states`) beside what the whole study holds."""
-    runs = mirror.call(
-        search_trial_runs, mirror.stores.tracking_uri, study.study_name, mirror.study_uuid
-    )
+    """What this invocation did (`own_states`) beside what the whole study holds; without
+    `with_runs`, from Optuna's records alone (no read of the study's MLflow runs)."""
+    runs = None
+    artifact_uri = ""
+    if with_runs:
+        runs = mirror.call(
+            search_trial_runs, mirror.stores.tracking_uri, study.study_name, mirror.study_uuid
+        )
+        artifact_uri = mirror.call(mirror.client.get_run, mirror.parent_run_id).info.artifact_uri
     trials = trials_table(study, runs)
-    parent = mirror.call(mirror.client.get_run, mirror.parent_run_id)
     return SweepOutcome(
         study=study,
         study_name=study.study_name,
@@ -158,20 +165,24 @@ def study_outcome(
         wall_seconds=time.perf_counter() - started,
         trial_seconds=trial_seconds,
         tracking_seconds=mirror.seconds,
-        artifact_uri=parent.info.artifact_uri,
+        artifact_uri=artifact_uri,
         notes=notes,
         own_states=dict(own_states),
     )
 
 
 def finish_parent(
-    study: optuna.Study, mirror: Mirror, outcome: SweepOutcome, objective: Objective
+    study: optuna.Study,
+    mirror: Mirror,
+    outcome: SweepOutcome,
+    sweep: SweepConfig,
+    train_config: TrainConfig,
+    data: DataSplits,
 ) -> None:
-    """The study's last worker (`WorkerRegistry.end`) refits its best trial (unless --no-refit),
-    then closes its parent run with a summary of the whole study."""
-    if objective.sweep.refit:
-        ensure_refit(study, objective.data, objective.train_config, mirror.stores.optuna_url,
-                     mirror.log)  # fmt: skip
+    """For the study's last worker (`WorkerRegistry.end`), by it or by its command: refit the
+    best trial (unless --no-refit), then close the parent run with a summary of the study."""
+    if sweep.refit:
+        ensure_refit(study, data, train_config, mirror.stores.optuna_url, mirror.log)
     with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
         outcome.notes += write_study_artifacts(
             study, outcome.trials, outcome.best_per_batch_size, Path(folder)
@@ -200,8 +211,13 @@ def run_sweep(
     data: DataSplits,
     *,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    handoff: FinishHandoff | None = None,
 ) -> SweepOutcome:
     """Run one worker on the study (creating or resuming it) on preloaded `data`.
+
+    A worker forked by `--workers N` gets its command's `handoff`: if it is the study's last
+    worker it hands the end of the study to the command, and its outcome is Optuna's record
+    alone (its command reports on the study).
 
     Raises `SweepError` before creating anything if the study cannot be resumed as asked,
     `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds,
@@ -261,8 +277,11 @@ def run_sweep(
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
     watch.call(mirror.reconcile, study)
     outcome = watch.call(
-        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes
-    )
-    if last:
-        watch.call(finish_parent, study, mirror, outcome, objective)
+        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes,
+        with_runs=handoff is None,
+    )  # fmt: skip
+    if last and handoff is not None:
+        handoff.hand_over()
+    elif last:
+        watch.call(finish_parent, study, mirror, outcome, sweep, objective.train_config, data)
     return outcome

@@ -14,8 +14,9 @@ server, each with its own `--worker-id` range.
 Liveness of whole workers (`WorkerRegistry`) lives in the study's system attributes: each worker
 beats there while it runs and marks itself ended when it stops. The last worker to end (no
 other live entry, checked as it marks itself ended, under the study's lock) finishes the
-study's parent run; a worker that vanished (kill -9) stops
-beating and counts as dead after the grace period. Liveness of trials is Optuna's own heartbeat.
+study's parent run, or hands that to its command (`experiments.finish_handoff`); a worker
+that vanished (kill -9) stops beating and counts as dead after the grace period. Liveness of
+trials is Optuna's own heartbeat.
 
 Signals: a worker handles them through `experiments.interrupts` (Ctrl-C, SIGTERM and SIGHUP
 store the running trial as FAIL with its reason, close its run, print one line and exit 130,
@@ -275,8 +276,14 @@ class _Forwarder:
                 os.kill(worker.pid, signum)
 
 
-def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tuple[int, list[str]]:
-    """Fork the workers, wait for all of them; return (exit status, each worker's summary)."""
+def run_workers(
+    sweep: SweepConfig,
+    threads: int,
+    run_worker: RunWorker,
+    after_fork: Callable[[], object] | None = None,
+) -> tuple[int, list[str]]:
+    """Fork the workers, call `after_fork` (once all are forked: it may start threads), wait for
+    all of them; return (exit status, each worker's summary)."""
     gc.collect()  # close engines of stores checked before the fork, here rather than in a child
     indices = [i for i in range(sweep.workers) if sweep.trials_for_worker(i) > 0]
     workers: list[WorkerProcess] = []
@@ -285,6 +292,8 @@ def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tupl
     try:
         for index in indices:
             workers.append(fork_worker(sweep, index, threads, run_worker))
+        if after_fork is not None:
+            after_fork()
         for worker in workers:
             while True:
                 try:

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from experiments.config import SweepConfig
+from experiments.finish_handoff import FinishHandoff
 from experiments.reconcile import reconcile_study
 from experiments.workers import resolve_workers, threads_per_worker, usable_cores
 from softmaxreg.data import DATA_ENV_VAR
@@ -154,8 +155,8 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         assert sorted(t.user_attrs["worker"] for t in study.trials) == [0, 0, 0, 1, 1, 1]
         assert len({(t.params["batch_size"], t.params["lr"]) for t in study.trials}) == 6
         assert_study_mirrored(study, MlflowClient(f"sqlite:///{folder}/mlflow.db"), trials=6)
-        # Both workers end near-simultaneously, then the command reconciles: the best model is
-        # refit and registered once, from the refit's run, whichever of them got there first.
+        # Both workers end near-simultaneously; the last of them hands the study's end to the
+        # command: the best model is refit and registered once, from the refit's run.
         uri = f"sqlite:///{folder}/mlflow.db"
         client = MlflowClient(uri, registry_uri=uri)
         (version,) = client.search_model_versions("name = 'workers-best'")
@@ -167,6 +168,19 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         # One worker, the last to end, closed the parent run: its summary was logged once.
         (parent,) = runs_of(client, "workers")[0]
         assert len(client.get_metric_history(parent.info.run_id, "study_trials_total")) == 1
+
+
+def test_a_forked_worker_hands_the_end_of_the_study_to_its_command():
+    """The flag a `--workers` command creates before forking is seen by it once a forked child
+    sets it (memory shared across fork, not a copy), and not before."""
+    handoff, untouched = FinishHandoff(), FinishHandoff()
+    pid = os.fork()
+    if pid == 0:  # the "last worker": hand over and leave at once, as forked workers do
+        handoff.hand_over()
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert handoff.handed_over and not untouched.handed_over
 
 
 def start_on_cores(cwd: Path, argv: list[str], cores: set[int]) -> subprocess.Popen:
