@@ -34,6 +34,7 @@ from benchmarks.config import BenchConfig, Settings
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.report import write_environment, write_report, write_rounds, write_tables
 from experiments.third_party_warnings import hide_third_party_warnings
+from experiments.workers import usable_cores
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
 from softmaxreg.data import DataError, DataSplits, load_splits
@@ -352,7 +353,7 @@ def run_suite(
             "started": started.isoformat(),
             "cpu_count": os.cpu_count(),
             # What this process may run on (taskset, cgroups): fewer than cpu_count slows it.
-            "usable_cpus": len(os.sched_getaffinity(0)),
+            "usable_cpus": usable_cores(),
             "load_average_start": load_start,
             "suite_run_id": suite_run,
             "tracking_uri": tracking_uri,
