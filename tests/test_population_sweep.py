@@ -148,7 +148,9 @@ def test_population_runs_have_the_fields_of_single_mode(stores, synthetic_splits
 def test_a_pruned_member_stops_alone_and_a_diverging_one_fails_alone(stores, synthetic_splits):
     """One population of three at one batch size: a learning rate far too small is pruned
     after epoch 2, one far too large diverges in epoch 1, and the third trains all 3 epochs."""
-    one_batch_size = {"batch_sizes": (32,), "lr_range": (0.1, 0.5)}
+    # Learning rates where a member and a lone run agree epoch by epoch (STABLE_LRS): above them
+    # float rounding of the stacked matmul grows into other accuracies, and the median moves.
+    one_batch_size = {"batch_sizes": (32,), "lr_range": STABLE_LRS}
     first = sweep_config(stores, n_trials=2, population=2, **one_batch_size)
     run_sweep(first, THREE_EPOCHS, DataConfig(), synthetic_splits, log=quiet)  # two to compare
     study = optuna.load_study(study_name="test-study", storage=stores["storage"])
