@@ -95,21 +95,26 @@ class WorkerRegistry:
         self._write(ended=False)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop beating and record the end (raises if the storage cannot take it)."""
+    def _stop_beating(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=self.interval + 5)
+
+    def stop(self) -> None:
+        """Stop beating and record the end (raises if the storage cannot take it)."""
+        self._stop_beating()
         self._write(ended=True)
 
     def end(self) -> bool:
-        """`stop`, then whether this worker was the study's last live one, both under the
-        study's lock: of workers that end together exactly one finds every other ended, and it
-        alone finishes the parent run. (Checked later and without the lock, two workers ending
-        within a second of each other could each see the other ended, and both refit, draw the
-        plots and log the model.)"""
+        """`stop`, then whether this worker was the study's last live one: the end is recorded
+        and the others read under the study's lock, so of workers that end together exactly
+        one finds every other ended, and it alone finishes the parent run. (Checked later and
+        without the lock, two workers ending within a second of each other could each see the
+        other ended, and both refit, draw the plots and log the model.) The beat thread is
+        joined before the lock is taken: on SQLite every store lock is the one file lock."""
+        self._stop_beating()
         with store_lock(self.optuna_url, study_lock_name(self.study.study_name)):
-            self.stop()
+            self._write(ended=True)
             return not self.others_alive()
 
     def abandon(self) -> None:
