@@ -42,7 +42,7 @@ import torch
 
 from experiments.common import load_data_or_exit
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
-from experiments.finish_handoff import FinishHandoff, start_preloading
+from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import Mirror, TrackingUnavailable
 from experiments.process_exit import exit_without_teardown
@@ -138,15 +138,14 @@ def run_coordinator(
 ) -> int:
     """--workers N: fork N workers, then report on the whole study, reconciled first unless
     every worker exited 0 (`report_mirror`); if the study's last worker was one of ours, finish
-    the study here (`experiments.finish_handoff`), with the modules that takes imported while
-    the workers trained."""
+    the study here (`experiments.finish_handoff`)."""
     started = time.perf_counter()
     began = datetime.datetime.now()
     handoff = FinishHandoff()
     run_worker = functools.partial(run_worker, handoff=handoff)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
-    status, summaries = run_workers(sweep, threads, run_worker, after_fork=start_preloading)
+    status, summaries = run_workers(sweep, threads, run_worker)
     print("\n".join(summaries))
     try:
         study = find_study(stores.optuna_url, name)

@@ -281,14 +281,8 @@ class _Forwarder:
                 os.kill(worker.pid, signum)
 
 
-def run_workers(
-    sweep: SweepConfig,
-    threads: int,
-    run_worker: RunWorker,
-    after_fork: Callable[[], object] | None = None,
-) -> tuple[int, list[str]]:
-    """Fork the workers, call `after_fork` (once all are forked: it may start threads), wait for
-    all of them; return (exit status, each worker's summary)."""
+def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tuple[int, list[str]]:
+    """Fork the workers, wait for all of them; return (exit status, each worker's summary)."""
     gc.collect()  # close engines of stores checked before the fork, here rather than in a child
     indices = [i for i in range(sweep.workers) if sweep.trials_for_worker(i) > 0]
     workers: list[WorkerProcess] = []
@@ -297,8 +291,6 @@ def run_workers(
     try:
         for index in indices:
             workers.append(fork_worker(sweep, index, threads, run_worker))
-        if after_fork is not None:
-            after_fork()
         for worker in workers:
             while True:
                 try:
