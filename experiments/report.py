@@ -2,7 +2,7 @@
 
     outcome = SweepOutcome(...)                 # what one worker (or the coordinator) did
     print(format_report(outcome, sweep, stores))
-    notes = write_study_artifacts(study, trials, best, folder)   # plots and tables
+    write_study_tables(trials, best, plot_notes, folder)   # beside the plots
 
 Everything here is computed from the Optuna study (the source of truth) and the MLflow runs
 joined to it, so the figures describe the whole study, whichever worker prints them.
@@ -94,19 +94,15 @@ def study_metrics(trials: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
-def write_study_artifacts(
-    study: optuna.Study, trials: pd.DataFrame, best: pd.DataFrame, folder: Path
-) -> list[str]:
-    """The parent run's plots and tables in `folder`; returns notes on plots skipped."""
-    from experiments.plots import write_study_plots  # matplotlib: only at the end of a study
-
-    _, notes = write_study_plots(study, folder)
+def write_study_tables(
+    trials: pd.DataFrame, best: pd.DataFrame, plot_notes: list[str], folder: Path
+) -> None:
+    """The parent run's tables in `folder`, beside its plots, and the notes on plots skipped."""
     write_csv_atomically(trials, folder / "trials.csv")
     write_csv_atomically(best, folder / "best_per_batch_size.csv")
     write_text_atomically(folder / "best_per_batch_size.md", best_per_batch_size_markdown(best))
-    if notes:
-        write_text_atomically(folder / "plot_notes.txt", "\n".join(notes) + "\n")
-    return notes
+    if plot_notes:
+        write_text_atomically(folder / "plot_notes.txt", "\n".join(plot_notes) + "\n")
 
 
 def _best_lines(outcome: SweepOutcome, sweep: SweepConfig) -> list[str]:

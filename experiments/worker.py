@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -33,12 +33,13 @@ from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
 from experiments.objective import Objective
+from experiments.plot_process import PlotDrawing, StudySnapshot, plots_apart
 from experiments.refit import ensure_refit
 from experiments.report import (
     SweepOutcome,
     opening_line,
     study_metrics,
-    write_study_artifacts,
+    write_study_tables,
 )
 from experiments.results import best_per_batch_size, trials_table
 from experiments.store_faults import StorageWatch, is_store_failure
@@ -180,14 +181,22 @@ def finish_parent(
     data: DataSplits,
 ) -> None:
     """For the study's last worker (`WorkerRegistry.end`), by it or by its command: refit the
-    best trial (unless --no-refit), then close the parent run with a summary of the study."""
-    if sweep.refit:
-        ensure_refit(study, data, train_config, mirror.stores.optuna_url, mirror.log)
+    best trial (unless --no-refit) while a child draws the plots (`experiments.plot_process`),
+    then close the parent run with a summary of the study, its plots and tables."""
+    apart = plots_apart(data.device)
+    if apart and not train_config.threads:
+        train_config = replace(train_config, threads=1)  # the other core draws
     with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
-        outcome.notes += write_study_artifacts(
-            study, outcome.trials, outcome.best_per_batch_size, Path(folder)
-        )
-        mirror.ensure_best_model(study)
+        drawing = PlotDrawing.start(StudySnapshot.of(study), Path(folder), apart=apart)
+        try:
+            if sweep.refit:
+                ensure_refit(study, data, train_config, mirror.stores.optuna_url, mirror.log)
+            mirror.ensure_best_model(study)
+            plot_notes = drawing.wait()
+        finally:
+            drawing.cancel()
+        outcome.notes += plot_notes
+        write_study_tables(outcome.trials, outcome.best_per_batch_size, plot_notes, Path(folder))
         mirror.finish_parent_run("FINISHED", study_metrics(outcome.trials), Path(folder))
 
 

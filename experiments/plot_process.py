@@ -1,0 +1,151 @@
+"""The study's plots drawn by a forked child while this process refits the best trial.
+
+    snapshot = StudySnapshot.of(study)                  # one read of the study
+    drawing = PlotDrawing.start(snapshot, folder, apart=plots_apart(device))
+    ...refit, register the model...                     # meanwhile, here
+    notes = drawing.wait()                              # PNGs in `folder`, skip notes returned
+
+Why: at the end of a study the plots (matplotlib and Optuna's importances with scikit-learn
+and SciPy: about 2 s at 100 trials, 1.3 s of it imports) and the refit (about 1 s) each keep
+one core busy, one after the other, while the other core idles: every worker has exited. A
+child forked from this process has every module it loaded already and draws from a snapshot
+of the trials taken before the fork, so it never touches this process's database connections
+(a connection used from two processes corrupts its protocol); the parent never imports
+matplotlib at all. The plots read that snapshot instead of the storage in either case: they
+read the study's trials five times over, a full read each on a large study.
+
+Apart only on Linux, on the CPU, with at least two usable cores: a process that has
+initialised CUDA or macOS's frameworks is not safe to fork, and one core gains nothing. The
+caller refits on one thread meanwhile, so the refit and the child do not contend for a core
+(two torch threads with a core taken are far slower than one). A child that fails or is
+killed costs nothing but time: the plots are drawn here instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Container, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from experiments.workers import flush_quietly, stop_with_parent, usable_cores
+
+DRAWN_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+"""The trials the plots can show; RUNNING and WAITING ones have nothing to draw yet."""
+
+
+@dataclass(frozen=True)
+class StudySnapshot:
+    """What `experiments.plots` reads of a study (its directions, metric names and finished
+    trials), read from the storage once; the plots take it in place of the study."""
+
+    study_name: str
+    directions: list[StudyDirection]
+    metric_names: list[str] | None
+    trials: tuple[FrozenTrial, ...]
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> StudySnapshot:
+        return cls(
+            study_name=study.study_name,
+            directions=list(study.directions),
+            metric_names=study.metric_names,
+            trials=tuple(study.get_trials(deepcopy=False, states=DRAWN_STATES)),
+        )
+
+    def get_trials(
+        self, deepcopy: bool = False, states: Container[TrialState] | None = None
+    ) -> list[FrozenTrial]:
+        del deepcopy  # frozen: nobody writes to these trials
+        return [t for t in self.trials if states is None or t.state in states]
+
+
+def plots_apart(device: torch.device) -> bool:
+    """Whether a forked child may draw the plots beside the refit (see the module docstring)."""
+    return sys.platform.startswith("linux") and device.type == "cpu" and usable_cores() >= 2
+
+
+def draw_plots(snapshot: StudySnapshot, folder: Path) -> list[str]:
+    """Draw every plot into `folder`; return the notes on plots skipped."""
+    from experiments.plots import write_study_plots  # matplotlib: only at the end of a study
+
+    _, notes = write_study_plots(snapshot, folder)  # type: ignore[arg-type]  # reads as a study
+    return notes
+
+
+def _child_main(snapshot: StudySnapshot, folder: Path, notes_fd: int) -> int:
+    """In the forked child: the parent's signal handlers record requests for its own loop;
+    here a signal just ends the drawing, and the parent's death ends it too."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    stop_with_parent()
+    try:
+        notes = draw_plots(snapshot, folder)
+        with os.fdopen(notes_fd, "w") as pipe:
+            json.dump(notes, pipe)
+        return 0
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+@dataclass
+class PlotDrawing:
+    """The plots of one snapshot, being drawn by a child (`pid`) or already drawn (`notes`)."""
+
+    snapshot: StudySnapshot
+    folder: Path
+    pid: int | None = None
+    notes_fd: int | None = None
+    notes: Sequence[str] | None = None
+
+    @classmethod
+    def start(cls, snapshot: StudySnapshot, folder: Path, *, apart: bool) -> PlotDrawing:
+        """Fork a child drawing the plots if `apart`, else draw them now."""
+        if not apart:
+            return cls(snapshot, folder, notes=draw_plots(snapshot, folder))
+        read_fd, write_fd = os.pipe()
+        flush_quietly()  # nothing buffered here is written twice by the child
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            code = _child_main(snapshot, folder, write_fd)
+            flush_quietly()
+            os._exit(code)
+        os.close(write_fd)
+        return cls(snapshot, folder, pid=pid, notes_fd=read_fd)
+
+    def wait(self) -> list[str]:
+        """The notes on plots skipped, once every plot is in the folder: the child's, or, if it
+        failed, those of drawing them here."""
+        if self.notes is None:
+            text = self._read_notes()
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+            drawn = os.waitstatus_to_exitcode(status) == 0 and text
+            self.notes = json.loads(text) if drawn else draw_plots(self.snapshot, self.folder)
+        return list(self.notes)
+
+    def cancel(self) -> None:
+        """Stop a child still drawing (the end of the study was interrupted or failed)."""
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)  # unreaped, it exists until waited for
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        if self.notes_fd is not None:
+            os.close(self.notes_fd)
+            self.notes_fd = None
+
+    def _read_notes(self) -> str:
+        with os.fdopen(self.notes_fd, "rb") as pipe:  # to EOF: the child has written or died
+            self.notes_fd = None
+            return pipe.read().decode()

@@ -1,0 +1,85 @@
+"""The study's plots drawn by a forked child (`experiments.plot_process`) are the plots this
+process draws, from one read of a real SQLite study; a child killed half-way loses no plot.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from experiments.plot_process import PlotDrawing, StudySnapshot, plots_apart
+from tests.test_plots import recorded_trial
+
+pytestmark = pytest.mark.skipif(
+    not plots_apart(torch.device("cpu")), reason="plots are drawn apart on Linux with 2+ cores"
+)
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> optuna.Study:
+    """Eight COMPLETE trials as the sweep records them, and one still RUNNING."""
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="plots", direction="maximize"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["best_val_accuracy"])
+    for number in range(8):
+        study.add_trial(recorded_trial(number, objectives=1))
+    study.ask()
+    return study
+
+
+def drawn(folder: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_size for path in sorted(folder.iterdir())}
+
+
+def test_the_snapshot_holds_the_finished_trials_and_what_the_plots_read(study):
+    snapshot = StudySnapshot.of(study)
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.number for t in snapshot.get_trials(states=(TrialState.COMPLETE,))] == [
+        t.number for t in complete
+    ]
+    assert [t.state for t in snapshot.get_trials()] == [TrialState.COMPLETE] * 8  # not RUNNING
+    assert snapshot.metric_names == ["best_val_accuracy"]
+    assert snapshot.directions == study.directions
+
+
+def test_a_child_draws_the_plots_this_process_would(study, tmp_path):
+    snapshot = StudySnapshot.of(study)
+    here = PlotDrawing.start(snapshot, tmp_path / "here", apart=False)
+    apart = PlotDrawing.start(snapshot, tmp_path / "apart", apart=True)
+    assert here.pid is None and apart.pid not in (None, os.getpid())
+    assert apart.wait() == here.wait()
+    assert apart.pid is None  # reaped
+    files = drawn(tmp_path / "apart")
+    assert set(files) == set(drawn(tmp_path / "here"))
+    assert {"param_importances.png", "validation_curves.png"} <= set(files)
+    assert all(size > 1000 for size in files.values())
+
+
+def test_a_killed_child_loses_no_plot(study, tmp_path):
+    snapshot = StudySnapshot.of(study)
+    drawing = PlotDrawing.start(snapshot, tmp_path / "apart", apart=True)
+    os.kill(drawing.pid, signal.SIGKILL)
+    notes = drawing.wait()  # drawn here instead
+    expected = PlotDrawing.start(snapshot, tmp_path / "here", apart=False).wait()
+    assert notes == expected
+    assert set(drawn(tmp_path / "apart")) == set(drawn(tmp_path / "here"))
+
+
+def test_cancel_stops_and_reaps_the_child(study, tmp_path):
+    drawing = PlotDrawing.start(StudySnapshot.of(study), tmp_path / "apart", apart=True)
+    pid = drawing.pid
+    drawing.cancel()
+    assert drawing.pid is None
+    with pytest.raises(ChildProcessError):  # no zombie left to reap
+        os.waitpid(pid, os.WNOHANG)
+    drawing.cancel()  # twice is harmless
