@@ -116,10 +116,10 @@ def check_before_start(
 
 
 def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mirror:
-    """The study's mirror, to report from, when every worker exited 0: each reconciled the
-    study as it ended, and the last to end closed the parent run (refit and model included),
-    so a reconcile here would read every run again (1-2 s of 100 trials) to repair nothing.
-    Any other exit (a fault, a signal) gets the full `reconcile_study` instead."""
+    """The study's mirror, to report from, when every worker exited 0: each mirrored its own
+    trials as they ended, and the study's last worker reconciled it, or left that to this
+    command with the rest of the study's end (`run_coordinator`). Any other exit (a fault, a
+    signal) gets the full `reconcile_study` instead."""
     mirror = Mirror.open(
         stores, study, wait_seconds=sweep.tracking_wait_seconds,
         log=lambda line: print(line, file=sys.stderr),
@@ -136,9 +136,9 @@ def run_coordinator(
     stores: Stores,
     name: str,
 ) -> int:
-    """--workers N: fork N workers, then report on the whole study, reconciled first unless
-    every worker exited 0 (`report_mirror`); if the study's last worker was one of ours, finish
-    the study here (`experiments.finish_handoff`)."""
+    """--workers N: fork N workers, then report on the whole study, reconciled first if a
+    worker failed (`reconcile_study`) or if the study's last worker was one of ours, which then
+    leaves the rest of the study's end to this command too (`experiments.finish_handoff`)."""
     started = time.perf_counter()
     began = datetime.datetime.now()
     handoff = FinishHandoff()
@@ -164,6 +164,8 @@ def run_coordinator(
                 log=lambda line: print(line, file=sys.stderr),
             )[0]
         )
+        if handoff.handed_over and status == 0:
+            mirror.reconcile(study)  # the last worker left the study's one end reconcile to us
     except Exception as error:  # a store out of reach or full: the workers said it already
         if not is_store_failure(error):
             raise

@@ -284,7 +284,13 @@ def run_sweep(
     last = watch.call(registry.end)
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
-    watch.call(mirror.reconcile, study)
+    if last and handoff is None:
+        # One reconcile at the study's end, by its last worker, repairs what any other left (a
+        # dead worker's trials): every worker's own runs were mirrored as its trials ended
+        # (an outage that kept one from it fails the worker). Workers ending together each
+        # reconciled under the study lock, one after another (0.3-0.9 s each at 100 trials,
+        # 16 s at 2,000). A forked last worker leaves it to its command.
+        watch.call(mirror.reconcile, study)
     outcome = watch.call(
         study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes,
         with_runs=handoff is None,
