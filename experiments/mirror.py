@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,11 @@ RETRY_PAUSE_SECONDS = 2.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
+RUNNING_SENT = ("s", "RUNNING", "")
+"""In a run's sent set (`Mirror._sent`): the trial's running record is in the run, whose status
+is RUNNING; a later running snapshot is not written again (its end writes everything)."""
+STATUS_RUNNING = ("status", "RUNNING", "")
+"""In a run's sent set: its status is RUNNING (a run is created so)."""
 
 
 class TrackingUnavailable(StoreFault):
@@ -292,11 +297,15 @@ class Mirror:
 
     # ------------------------------------------------------------------------ trial runs
 
-    def _study_runs(self, trial_number: int | None = None) -> dict[int, list]:
-        """Active runs of this study's trials (or of one) by trial number, oldest first."""
+    def _study_runs(
+        self, trial_number: int | None = None, started_since: int | None = None, patient=True
+    ) -> dict[int, list]:
+        """Active runs of this study's trials (of one, or started since a time) by trial
+        number, oldest first."""
         runs = self.call(
-            search_study_runs, self.client, self._experiment_id(), self.study_uuid, trial_number
-        )
+            search_study_runs, self.client, self._experiment_id(), self.study_uuid,
+            trial_number, started_since, patient=patient,
+        )  # fmt: skip
         by_number: dict[int, list] = {}
         for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
             number = run.data.tags.get(TRIAL_NUMBER_TAG)
@@ -304,42 +313,59 @@ class Mirror:
                 by_number.setdefault(int(number), []).append(run)
         return by_number
 
-    def _find_or_create_run(self, trial: FrozenTrial) -> tuple[str, bool]:
-        """The trial's run id, and whether it was created just now."""
-        if trial.number in self._run_ids:
-            return self._run_ids[trial.number], False
-        # Creation is serialised by the study lock, and the look for an existing run happens
-        # inside it, so two workers (or a worker and a reconcile) never both create one. One
-        # trial's runs are read, not the study's: each new trial would otherwise read every run
-        # written so far (a mirror cost growing with the square of the trials).
-        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-            existing = self._study_runs(trial.number).get(trial.number)
-            if existing:
-                self._run_ids[trial.number] = existing[0].info.run_id
-                return existing[0].info.run_id, False
-            run = self.call(
-                self.client.create_run,
-                self._experiment_id(),
-                run_name=trial_run_name(trial),
-                start_time=millis(trial.datetime_start),
-                tags={
-                    ROLE_TAG: "trial",
-                    STUDY_UUID_TAG: self.study_uuid,
-                    TRIAL_NUMBER_TAG: str(trial.number),
-                },
-            )
-        self._run_ids[trial.number] = run.info.run_id
-        return run.info.run_id, True
+    def find_or_create_runs(self, trials: Sequence[FrozenTrial], *, patient: bool = True) -> None:
+        """Find or create the run of every trial of `trials` whose run id is not known yet:
+        one search and one hold of the study lock for all of them (a population's members).
 
-    def sync(self, trial: FrozenTrial, *, patient: bool = True) -> str:
-        """Make the trial's run match its record; return the run id. Idempotent."""
+        Creation is serialised by the study lock, and the look for an existing run happens
+        inside it, so two workers (or a worker and a reconcile) never both create one. Only runs
+        started since the earliest of these trials are read (a run starts when its trial did):
+        reading the study's every run would cost each new trial more than the last."""
+        unknown = [t for t in trials if t.number not in self._run_ids]
+        if not unknown:
+            return
+        starts = [millis(t.datetime_start) for t in unknown]
+        since = None if None in starts else min(starts)
+        number = unknown[0].number if len(unknown) == 1 else None
+        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
+            existing = self._study_runs(number, since, patient)
+            for trial in unknown:
+                if trial.number in existing:
+                    self._run_ids[trial.number] = existing[trial.number][0].info.run_id
+                else:
+                    self._run_ids[trial.number] = self._create_run(trial, patient)
+
+    def _create_run(self, trial: FrozenTrial, patient: bool) -> str:
+        """A new RUNNING run for the trial with all its tags, in one call (each later tag
+        write is a transaction of its own, and `mlflow.runName` costs a second one)."""
+        record = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
+        tags = {tag.key: tag.value for tag in as_tags(record)}
+        run = self.call(
+            self.client.create_run, self._experiment_id(), run_name=trial_run_name(trial),
+            start_time=millis(trial.datetime_start), tags=tags, patient=patient,
+        )  # fmt: skip
+        sent = self._sent.setdefault(run.info.run_id, set())
+        sent.update(("t", key, value) for key, value in tags.items())
+        sent.add(STATUS_RUNNING)  # no status to write while the trial runs
+        return run.info.run_id
+
+    def sync(
+        self, trial: FrozenTrial, *, patient: bool = True, alongside: Sequence[FrozenTrial] = ()
+    ) -> str:
+        """Make the trial's run match its record; return the run id. Idempotent. The runs of
+        the trials `alongside` (the rest of its population) are found or created with it."""
         assert self.parent_run_id is not None, "ensure_parent_run first"
         if trial.state == TrialState.WAITING:
             return ""
-        run_id, created = self._find_or_create_run(trial)
+        others = [t for t in alongside if t.state != TrialState.WAITING]
+        self.find_or_create_runs([trial, *others], patient=patient)
+        run_id = self._run_ids[trial.number]
         sent = self._sent.setdefault(run_id, set())
-        params = [p for p in as_params(trial_params(trial)) if ("p", p.key, p.value) not in sent]
         tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
+        done = _done_marker(trial, tags[DIGEST_TAG])
+        if done in sent:
+            return run_id  # this state (and record, once finished) is in the run already
+        params = [p for p in as_params(trial_params(trial)) if ("p", p.key, p.value) not in sent]
         new_tags = [t for t in as_tags(tags) if ("t", t.key, t.value) not in sent]
         metrics = trial_metrics(trial)
         if metrics or params or new_tags:
@@ -363,8 +389,10 @@ class Mirror:
         if trial.state.is_finished():
             end = millis(trial.datetime_complete)
             self.call(self.client.set_terminated, run_id, status, end, patient=patient)
-        elif not created:  # a new run is RUNNING already
+        elif STATUS_RUNNING not in sent:
             self.call(self.client.update_run, run_id, status=status, patient=patient)
+            sent.add(STATUS_RUNNING)
+        sent.add(done)  # last: a sync cut short before here is done again in full
         return run_id
 
     def ensure_best_model(self, study: optuna.Study) -> str | None:
@@ -388,7 +416,7 @@ class Mirror:
                     self.call(self.client.delete_run, duplicate.info.run_id)
                     removed += 1
                 self._run_ids[number] = copies[0].info.run_id
-        synced = 0
+        repairs = []
         for trial in trials:
             # A trial still RUNNING once the stale ones are failed belongs to a live worker,
             # which mirrors it when it ends. Synced from this snapshot it could land after that
@@ -399,8 +427,10 @@ class Mirror:
             if run is None or not _matches(run, trial):
                 if run is not None:
                     self._sent.pop(run.info.run_id, None)  # repair from scratch: send everything
-                self.sync(trial)
-                synced += 1
+                repairs.append(trial)
+        for trial in repairs:  # the missing runs are all created by the first sync
+            self.sync(trial, alongside=repairs)
+        synced = len(repairs)
         if self._parent_closed() and self.ensure_best_model(study) is not None:
             synced += 1  # the model was missing: a repair
         return ReconcileReport(trials=len(trials), synced=synced, duplicates_removed=removed)
@@ -409,6 +439,15 @@ class Mirror:
         """While workers run (parent RUNNING) the best trial may still change: no model yet."""
         parent = self.call(self.client.get_run, self.parent_run_id)
         return parent.info.status != "RUNNING"
+
+
+def _done_marker(trial: FrozenTrial, digest: str) -> tuple[str, str, str]:
+    """What `Mirror.sync` keeps in a run's sent set once the trial's state is written: a
+    running trial's by state alone (its later running snapshots are not written again: only
+    its end writes its figures and status), a finished one's with its record's digest."""
+    if trial.state == TrialState.RUNNING:
+        return RUNNING_SENT
+    return ("s", trial.state.name, digest)
 
 
 def _matches(run, trial: FrozenTrial) -> bool:
