@@ -321,7 +321,11 @@ class Mirror:
         inside it, so two workers (or a worker and a reconcile) never both create one. Only runs
         started since the earliest of these trials are read (a run starts when its trial did):
         reading the study's every run would cost each new trial more than the last."""
-        unknown = [t for t in trials if t.number not in self._run_ids]
+        by_number: dict[int, FrozenTrial] = {}
+        for trial in trials:  # one run per trial, whichever of its snapshots are given
+            if trial.number not in self._run_ids:
+                by_number.setdefault(trial.number, trial)
+        unknown = list(by_number.values())
         if not unknown:
             return
         starts = [millis(t.datetime_start) for t in unknown]
@@ -411,11 +415,13 @@ class Mirror:
             trials = study.get_trials(deepcopy=False)
             runs = self._study_runs()
             removed = 0
-            for number, copies in runs.items():
+            for copies in runs.values():
                 for duplicate in copies[1:]:  # keep the oldest: the one every worker found
                     self.call(self.client.delete_run, duplicate.info.run_id)
                     removed += 1
-                self._run_ids[number] = copies[0].info.run_id
+            # The runs as found now: one this mirror wrote and someone deleted since is
+            # forgotten (what it sent there with it), so that its trial gets a new one.
+            self._run_ids = {number: copies[0].info.run_id for number, copies in runs.items()}
         repairs = []
         for trial in trials:
             # A trial still RUNNING once the stale ones are failed belongs to a live worker,

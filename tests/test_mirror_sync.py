@@ -206,3 +206,17 @@ def test_a_sync_cut_short_after_creating_the_run_converges(stores, repair):
     report = open_mirror(stores, study)[0].reconcile(study)
     assert (report.trials, report.mismatches) == (2, 0)
     assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+
+
+def test_a_run_deleted_after_its_sync_is_rebuilt_by_the_same_mirrors_reconcile(stores):
+    """The mirror remembers what it wrote; a reconcile trusts what it finds instead."""
+    study, trials = population(stores, size=1)
+    mirror, calls = open_mirror(stores, study)
+    client = MlflowClient(stores["tracking_uri"])
+    client.delete_run(mirror.sync(trials[0]))
+    calls.clear()
+    assert mirror.reconcile(study).synced == 1
+    assert calls["create_run"] == 1
+    (run,) = child_runs(client, STUDY).values()
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["summary/best_val_accuracy"] == trials[0].value
