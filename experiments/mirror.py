@@ -3,6 +3,7 @@
     mirror = Mirror(stores, "softmaxreg-mnist", study_uuid, wait_seconds=60, log=print)
     mirror.ensure_parent_run(study, tags)    # once per study, under the study lock
     mirror.sync(trial)                       # after each trial: run ← trial (idempotent)
+    mirror.sync(trial, alongside=others)     # the others' runs found or created with its
     mirror.reconcile(study)                  # every trial: repair missing, stale, duplicate runs
 
 Layout in MLflow: an experiment named after the study; one parent run per study (its id kept in
@@ -11,12 +12,16 @@ the study's user attribute `mlflow_parent_run_id`); one child run per trial name
 again. Its status mirrors the trial: COMPLETE → FINISHED, PRUNED → KILLED (`optuna.pruned`),
 FAIL → FAILED (`optuna.fail_reason`), RUNNING → RUNNING.
 
-`sync` is idempotent: it finds the run or creates it (under the study lock, so two workers never
-both create one), then writes params, per-epoch metrics with the timestamps recorded on the
-trial, summary metrics, tags and status. Writing the same again changes nothing (MLflow drops a
-metric already stored with the same step, timestamp and value), so a sync interrupted half-way is
-completed by the next one. Each run carries `softmaxreg.record_digest`, a hash of what it was
-built from; `reconcile` re-syncs every run whose digest or status differs from its trial.
+`sync` is idempotent: it finds the run or creates it with all its tags (under the study lock,
+so two workers never both create one; a population's runs with one search of the runs started
+since its first member), then writes params, per-epoch metrics with the timestamps recorded on
+the trial, summary metrics, the tags that changed and, last, the status. Writing the same again
+changes nothing (MLflow drops a metric already stored with the same step, timestamp and value),
+so a sync interrupted half-way is completed by the next one; and the mirror remembers what it
+has written, so a state already written is not written again (a running trial's later
+snapshots, a finished trial synced twice). Each run carries `softmaxreg.record_digest`, a hash
+of what it was built from; `reconcile` re-syncs every run whose digest or status differs from
+its trial (a run created with its final tags but cut off before its status is one of those).
 
 An unreachable tracking store is retried with a visible message for `wait_seconds`, then
 `TrackingUnavailable` is raised; nothing is lost, because the trial keeps everything.

@@ -11,7 +11,9 @@ Per trial only the newest snapshot waits: a finished one replaces a running one 
 reverse), so a run is never set back to RUNNING after its end was written. A running snapshot
 waits `START_DELAY_SECONDS` before it is mirrored: a trial that ends sooner (most trials of a
 short study's populations) costs one sync, its end, not two; a longer one shows in MLflow as
-RUNNING from then on. A running snapshot is tried once
+RUNNING from then on. The snapshots due together (a pass's members, told one after another)
+are taken together, and their runs found or created with one search of the tracking store
+(`Mirror.sync`'s `alongside`). A running snapshot is tried once
 (as the single-trial sweep does at a trial's start); a finished one is retried for
 --tracking-wait-seconds, then the `TrackingUnavailable` is raised on the main thread at its
 next `check()` or `drain()`. What the queue still held when the process died is repaired by
