@@ -59,19 +59,13 @@ from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror_sqlite import relax_durability
+from experiments.mirror_sync import find_or_create_runs, sync_trial
 from experiments.model_registry import ensure_best_model
 from experiments.run_record import (
     DIGEST_TAG,
     RUN_STATUS_OF_STATE,
-    as_params,
     as_tags,
-    dataset_input,
-    millis,
     record_digest,
-    trial_metrics,
-    trial_params,
-    trial_run_name,
-    trial_tags,
 )
 from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
 from experiments.stores import CREDENTIAL_VARIABLES, sqlite_file
@@ -97,11 +91,6 @@ RETRY_PAUSE_SECONDS = 2.0
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 """MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
-RUNNING_SENT = ("s", "RUNNING", "")
-"""In a run's sent set (`Mirror._sent`): the trial's running record is in the run, whose status
-is RUNNING; a later running snapshot is not written again (its end writes everything)."""
-STATUS_RUNNING = ("status", "RUNNING", "")
-"""In a run's sent set: its status is RUNNING (a run is created so)."""
 
 
 class TrackingUnavailable(StoreFault):
@@ -303,7 +292,10 @@ class Mirror:
     # ------------------------------------------------------------------------ trial runs
 
     def _study_runs(
-        self, trial_number: int | None = None, started_since: int | None = None, patient=True
+        self,
+        trial_number: int | None = None,
+        started_since: int | None = None,
+        patient: bool = True,
     ) -> dict[int, list]:
         """Active runs of this study's trials (of one, or started since a time) by trial
         number, oldest first."""
@@ -319,90 +311,15 @@ class Mirror:
         return by_number
 
     def find_or_create_runs(self, trials: Sequence[FrozenTrial], *, patient: bool = True) -> None:
-        """Find or create the run of every trial of `trials` whose run id is not known yet:
-        one search and one hold of the study lock for all of them (a population's members).
-
-        Creation is serialised by the study lock, and the look for an existing run happens
-        inside it, so two workers (or a worker and a reconcile) never both create one. Only runs
-        started since the earliest of these trials are read (a run starts when its trial did):
-        reading the study's every run would cost each new trial more than the last."""
-        by_number: dict[int, FrozenTrial] = {}
-        for trial in trials:  # one run per trial, whichever of its snapshots are given
-            if trial.number not in self._run_ids:
-                by_number.setdefault(trial.number, trial)
-        unknown = list(by_number.values())
-        if not unknown:
-            return
-        starts = [millis(t.datetime_start) for t in unknown]
-        since = None if None in starts else min(starts)
-        number = unknown[0].number if len(unknown) == 1 else None
-        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-            existing = self._study_runs(number, since, patient)
-            for trial in unknown:
-                if trial.number in existing:
-                    self._run_ids[trial.number] = existing[trial.number][0].info.run_id
-                else:
-                    self._run_ids[trial.number] = self._create_run(trial, patient)
-
-    def _create_run(self, trial: FrozenTrial, patient: bool) -> str:
-        """A new RUNNING run for the trial with all its tags, in one call (each later tag
-        write is a transaction of its own, and `mlflow.runName` costs a second one)."""
-        record = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
-        tags = {tag.key: tag.value for tag in as_tags(record)}
-        run = self.call(
-            self.client.create_run, self._experiment_id(), run_name=trial_run_name(trial),
-            start_time=millis(trial.datetime_start), tags=tags, patient=patient,
-        )  # fmt: skip
-        sent = self._sent.setdefault(run.info.run_id, set())
-        sent.update(("t", key, value) for key, value in tags.items())
-        sent.add(STATUS_RUNNING)  # no status to write while the trial runs
-        return run.info.run_id
+        """The runs of `trials` found or created, one search for all (`experiments.mirror_sync`)."""
+        find_or_create_runs(self, trials, patient=patient)
 
     def sync(
         self, trial: FrozenTrial, *, patient: bool = True, alongside: Sequence[FrozenTrial] = ()
     ) -> str:
         """Make the trial's run match its record; return the run id. Idempotent. The runs of
         the trials `alongside` (the rest of its population) are found or created with it."""
-        assert self.parent_run_id is not None, "ensure_parent_run first"
-        if trial.state == TrialState.WAITING:
-            return ""
-        others = [t for t in alongside if t.state != TrialState.WAITING]
-        self.find_or_create_runs([trial, *others], patient=patient)
-        run_id = self._run_ids[trial.number]
-        sent = self._sent.setdefault(run_id, set())
-        tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
-        done = _done_marker(trial, tags[DIGEST_TAG])
-        if done in sent:
-            return run_id  # this state (and record, once finished) is in the run already
-        params = [p for p in as_params(trial_params(trial)) if ("p", p.key, p.value) not in sent]
-        new_tags = [t for t in as_tags(tags) if ("t", t.key, t.value) not in sent]
-        metrics = trial_metrics(trial)
-        if metrics or params or new_tags:
-            self.call(
-                log_batch_in_chunks,
-                self.client,
-                run_id,
-                metrics=metrics,
-                params=params,
-                tags=new_tags,
-                patient=patient,
-            )
-            sent.update(("p", p.key, p.value) for p in params)
-            sent.update(("t", t.key, t.value) for t in new_tags)
-        data = dataset_input(trial)
-        if data is not None and ("i", data.dataset.name, data.dataset.digest) not in sent:
-            # MLflow keeps one input per dataset and run: idempotent, but a call each time.
-            self.call(self.client.log_inputs, run_id, [data], patient=patient)
-            sent.add(("i", data.dataset.name, data.dataset.digest))
-        status = RUN_STATUS_OF_STATE[trial.state]
-        if trial.state.is_finished():
-            end = millis(trial.datetime_complete)
-            self.call(self.client.set_terminated, run_id, status, end, patient=patient)
-        elif STATUS_RUNNING not in sent:
-            self.call(self.client.update_run, run_id, status=status, patient=patient)
-            sent.add(STATUS_RUNNING)
-        sent.add(done)  # last: a sync cut short before here is done again in full
-        return run_id
+        return sync_trial(self, trial, patient=patient, alongside=alongside)
 
     def ensure_best_model(self, study: optuna.Study) -> str | None:
         """Log and register the study's best model unless its version exists; return the new
@@ -450,15 +367,6 @@ class Mirror:
         """While workers run (parent RUNNING) the best trial may still change: no model yet."""
         parent = self.call(self.client.get_run, self.parent_run_id)
         return parent.info.status != "RUNNING"
-
-
-def _done_marker(trial: FrozenTrial, digest: str) -> tuple[str, str, str]:
-    """What `Mirror.sync` keeps in a run's sent set once the trial's state is written: a
-    running trial's by state alone (its later running snapshots are not written again: only
-    its end writes its figures and status), a finished one's with its record's digest."""
-    if trial.state == TrialState.RUNNING:
-        return RUNNING_SENT
-    return ("s", trial.state.name, digest)
 
 
 def _matches(run, trial: FrozenTrial) -> bool:
