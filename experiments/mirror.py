@@ -3,6 +3,7 @@
     mirror = Mirror(stores, "softmaxreg-mnist", study_uuid, wait_seconds=60, log=print)
     mirror.ensure_parent_run(study, tags)    # once per study, under the study lock
     mirror.sync(trial)                       # after each trial: run ← trial (idempotent)
+    mirror.sync(trial, alongside=others)     # the others' runs found or created with its
     mirror.reconcile(study)                  # every trial: repair missing, stale, duplicate runs
 
 Layout in MLflow: an experiment named after the study; one parent run per study (its id kept in
@@ -11,12 +12,16 @@ the study's user attribute `mlflow_parent_run_id`); one child run per trial name
 again. Its status mirrors the trial: COMPLETE → FINISHED, PRUNED → KILLED (`optuna.pruned`),
 FAIL → FAILED (`optuna.fail_reason`), RUNNING → RUNNING.
 
-`sync` is idempotent: it finds the run or creates it (under the study lock, so two workers never
-both create one), then writes params, per-epoch metrics with the timestamps recorded on the
-trial, summary metrics, tags and status. Writing the same again changes nothing (MLflow drops a
-metric already stored with the same step, timestamp and value), so a sync interrupted half-way is
-completed by the next one. Each run carries `softmaxreg.record_digest`, a hash of what it was
-built from; `reconcile` re-syncs every run whose digest or status differs from its trial.
+`sync` is idempotent: it finds the run or creates it with all its tags (under the study lock,
+so two workers never both create one; a population's runs with one search of the runs started
+since its first member), then writes params, per-epoch metrics with the timestamps recorded on
+the trial, summary metrics, the tags that changed and, last, the status. Writing the same again
+changes nothing (MLflow drops a metric already stored with the same step, timestamp and value),
+so a sync interrupted half-way is completed by the next one; and the mirror remembers what it
+has written, so a state already written is not written again (a running trial's later
+snapshots, a finished trial synced twice). Each run carries `softmaxreg.record_digest`, a hash
+of what it was built from; `reconcile` re-syncs every run whose digest or status differs from
+its trial (a run created with its final tags but cut off before its status is one of those).
 
 An unreachable tracking store is retried with a visible message for `wait_seconds`, then
 `TrackingUnavailable` is raised; nothing is lost, because the trial keeps everything.
@@ -30,7 +35,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,19 +59,13 @@ from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror_sqlite import relax_durability
+from experiments.mirror_sync import find_or_create_runs, sync_trial
 from experiments.model_registry import ensure_best_model
 from experiments.run_record import (
     DIGEST_TAG,
     RUN_STATUS_OF_STATE,
-    as_params,
     as_tags,
-    dataset_input,
-    millis,
     record_digest,
-    trial_metrics,
-    trial_params,
-    trial_run_name,
-    trial_tags,
 )
 from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
 from experiments.stores import CREDENTIAL_VARIABLES, sqlite_file
@@ -292,11 +291,18 @@ class Mirror:
 
     # ------------------------------------------------------------------------ trial runs
 
-    def _study_runs(self, trial_number: int | None = None) -> dict[int, list]:
-        """Active runs of this study's trials (or of one) by trial number, oldest first."""
+    def _study_runs(
+        self,
+        trial_number: int | None = None,
+        started_since: int | None = None,
+        patient: bool = True,
+    ) -> dict[int, list]:
+        """Active runs of this study's trials (of one, or started since a time) by trial
+        number, oldest first."""
         runs = self.call(
-            search_study_runs, self.client, self._experiment_id(), self.study_uuid, trial_number
-        )
+            search_study_runs, self.client, self._experiment_id(), self.study_uuid,
+            trial_number, started_since, patient=patient,
+        )  # fmt: skip
         by_number: dict[int, list] = {}
         for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
             number = run.data.tags.get(TRIAL_NUMBER_TAG)
@@ -304,68 +310,16 @@ class Mirror:
                 by_number.setdefault(int(number), []).append(run)
         return by_number
 
-    def _find_or_create_run(self, trial: FrozenTrial) -> tuple[str, bool]:
-        """The trial's run id, and whether it was created just now."""
-        if trial.number in self._run_ids:
-            return self._run_ids[trial.number], False
-        # Creation is serialised by the study lock, and the look for an existing run happens
-        # inside it, so two workers (or a worker and a reconcile) never both create one. One
-        # trial's runs are read, not the study's: each new trial would otherwise read every run
-        # written so far (a mirror cost growing with the square of the trials).
-        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-            existing = self._study_runs(trial.number).get(trial.number)
-            if existing:
-                self._run_ids[trial.number] = existing[0].info.run_id
-                return existing[0].info.run_id, False
-            run = self.call(
-                self.client.create_run,
-                self._experiment_id(),
-                run_name=trial_run_name(trial),
-                start_time=millis(trial.datetime_start),
-                tags={
-                    ROLE_TAG: "trial",
-                    STUDY_UUID_TAG: self.study_uuid,
-                    TRIAL_NUMBER_TAG: str(trial.number),
-                },
-            )
-        self._run_ids[trial.number] = run.info.run_id
-        return run.info.run_id, True
+    def find_or_create_runs(self, trials: Sequence[FrozenTrial], *, patient: bool = True) -> None:
+        """The runs of `trials` found or created, one search for all (`experiments.mirror_sync`)."""
+        find_or_create_runs(self, trials, patient=patient)
 
-    def sync(self, trial: FrozenTrial, *, patient: bool = True) -> str:
-        """Make the trial's run match its record; return the run id. Idempotent."""
-        assert self.parent_run_id is not None, "ensure_parent_run first"
-        if trial.state == TrialState.WAITING:
-            return ""
-        run_id, created = self._find_or_create_run(trial)
-        sent = self._sent.setdefault(run_id, set())
-        params = [p for p in as_params(trial_params(trial)) if ("p", p.key, p.value) not in sent]
-        tags = trial_tags(trial, self.study_name, self.study_uuid, self.parent_run_id)
-        new_tags = [t for t in as_tags(tags) if ("t", t.key, t.value) not in sent]
-        metrics = trial_metrics(trial)
-        if metrics or params or new_tags:
-            self.call(
-                log_batch_in_chunks,
-                self.client,
-                run_id,
-                metrics=metrics,
-                params=params,
-                tags=new_tags,
-                patient=patient,
-            )
-            sent.update(("p", p.key, p.value) for p in params)
-            sent.update(("t", t.key, t.value) for t in new_tags)
-        data = dataset_input(trial)
-        if data is not None and ("i", data.dataset.name, data.dataset.digest) not in sent:
-            # MLflow keeps one input per dataset and run: idempotent, but a call each time.
-            self.call(self.client.log_inputs, run_id, [data], patient=patient)
-            sent.add(("i", data.dataset.name, data.dataset.digest))
-        status = RUN_STATUS_OF_STATE[trial.state]
-        if trial.state.is_finished():
-            end = millis(trial.datetime_complete)
-            self.call(self.client.set_terminated, run_id, status, end, patient=patient)
-        elif not created:  # a new run is RUNNING already
-            self.call(self.client.update_run, run_id, status=status, patient=patient)
-        return run_id
+    def sync(
+        self, trial: FrozenTrial, *, patient: bool = True, alongside: Sequence[FrozenTrial] = ()
+    ) -> str:
+        """Make the trial's run match its record; return the run id. Idempotent. The runs of
+        the trials `alongside` (the rest of its population) are found or created with it."""
+        return sync_trial(self, trial, patient=patient, alongside=alongside)
 
     def ensure_best_model(self, study: optuna.Study) -> str | None:
         """Log and register the study's best model unless its version exists; return the new
@@ -383,12 +337,14 @@ class Mirror:
             trials = study.get_trials(deepcopy=False)
             runs = self._study_runs()
             removed = 0
-            for number, copies in runs.items():
+            for copies in runs.values():
                 for duplicate in copies[1:]:  # keep the oldest: the one every worker found
                     self.call(self.client.delete_run, duplicate.info.run_id)
                     removed += 1
-                self._run_ids[number] = copies[0].info.run_id
-        synced = 0
+            # The runs as found now: one this mirror wrote and someone deleted since is
+            # forgotten (what it sent there with it), so that its trial gets a new one.
+            self._run_ids = {number: copies[0].info.run_id for number, copies in runs.items()}
+        repairs = []
         for trial in trials:
             # A trial still RUNNING once the stale ones are failed belongs to a live worker,
             # which mirrors it when it ends. Synced from this snapshot it could land after that
@@ -399,8 +355,10 @@ class Mirror:
             if run is None or not _matches(run, trial):
                 if run is not None:
                     self._sent.pop(run.info.run_id, None)  # repair from scratch: send everything
-                self.sync(trial)
-                synced += 1
+                repairs.append(trial)
+        for trial in repairs:  # the missing runs are all created by the first sync
+            self.sync(trial, alongside=repairs)
+        synced = len(repairs)
         if self._parent_closed() and self.ensure_best_model(study) is not None:
             synced += 1  # the model was missing: a repair
         return ReconcileReport(trials=len(trials), synced=synced, duplicates_removed=removed)

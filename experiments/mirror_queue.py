@@ -11,7 +11,9 @@ Per trial only the newest snapshot waits: a finished one replaces a running one 
 reverse), so a run is never set back to RUNNING after its end was written. A running snapshot
 waits `START_DELAY_SECONDS` before it is mirrored: a trial that ends sooner (most trials of a
 short study's populations) costs one sync, its end, not two; a longer one shows in MLflow as
-RUNNING from then on. A running snapshot is tried once
+RUNNING from then on. The snapshots due together (a pass's members, told one after another)
+are taken together, and their runs found or created with one search of the tracking store
+(`Mirror.sync`'s `alongside`). A running snapshot is tried once
 (as the single-trial sweep does at a trial's start); a finished one is retried for
 --tracking-wait-seconds, then the `TrackingUnavailable` is raised on the main thread at its
 next `check()` or `drain()`. What the queue still held when the process died is repaired by
@@ -102,47 +104,58 @@ class MirrorQueue:
     def _stopping(self) -> bool:
         return self._closing
 
-    def _next(self) -> FrozenTrial | None:
-        """The first waiting snapshot that is due (None once closing), waiting for one."""
+    def _next(self) -> list[FrozenTrial]:
+        """Every waiting snapshot that is due (none once closing), waiting for one: a pass's
+        members are put one by one, and taken together their runs are found or created with
+        one search of the tracking store (`Mirror.sync`'s `alongside`)."""
         with self._condition:
             self._busy = False
             self._condition.notify_all()
             while not self._closing:
-                due, wait = self._first_due()
-                if due is not None:
+                due, wait = self._due()
+                if due:
                     self._busy = True
-                    self._since.pop(due, None)
-                    return self._waiting.pop(due)
+                    for trial_id in due:
+                        self._since.pop(trial_id, None)
+                    return [self._waiting.pop(trial_id) for trial_id in due]
                 self._condition.wait(wait)
-            return None
+            return []
 
-    def _first_due(self) -> tuple[int | None, float | None]:
-        """(a due trial's id, None), or (None, seconds until the next is due or None)."""
-        now, soonest = time.monotonic(), None
+    def _due(self) -> tuple[list[int], float | None]:
+        """(the due trials' ids, None), or ([], seconds until the next is due or None)."""
+        now, soonest, due = time.monotonic(), None, []
         for trial_id, trial in self._waiting.items():
-            if trial.state.is_finished() or self._flushing:
-                return trial_id, None
             left = self._since[trial_id] + START_DELAY_SECONDS - now
-            if left <= 0:
-                return trial_id, None
-            soonest = left if soonest is None else min(soonest, left)
-        return None, soonest
+            if trial.state.is_finished() or self._flushing or left <= 0:
+                due.append(trial_id)
+            else:
+                soonest = left if soonest is None else min(soonest, left)
+        return due, (None if due else soonest)
 
     def _work(self) -> None:
-        while (trial := self._next()) is not None:
-            try:
-                self.tracker.mirror_now(trial)
-            except TrackingUnavailable as error:
-                if not trial.state.is_finished():
-                    self.tracker.log(
-                        f"trial {trial.number} runs without its MLflow run for now: {error}"
-                    )
-                    continue
-                self._fail(error)
-                return
-            except BaseException as error:  # a bug: stop, and let the main thread raise it
-                self._fail(error)
-                return
+        while trials := self._next():
+            for index, trial in enumerate(trials):
+                if self._closing:
+                    return  # the rest is left to `TrialTracker.sync_unsynced` or reconcile
+                if not self._mirror(trial, alongside=trials[index + 1 :]):
+                    return
+
+    def _mirror(self, trial: FrozenTrial, alongside: list[FrozenTrial]) -> bool:
+        """Mirror one snapshot; False once the queue has failed (the thread stops)."""
+        try:
+            self.tracker.mirror_now(trial, alongside=alongside)
+        except TrackingUnavailable as error:
+            if not trial.state.is_finished():
+                self.tracker.log(
+                    f"trial {trial.number} runs without its MLflow run for now: {error}"
+                )
+                return True
+            self._fail(error)
+            return False
+        except BaseException as error:  # a bug: stop, and let the main thread raise it
+            self._fail(error)
+            return False
+        return True
 
     def _fail(self, error: BaseException) -> None:
         with self._condition:

@@ -62,23 +62,34 @@ def log_batch_in_chunks(
         client.log_batch(run_id, tags=list(chunk))
 
 
-def _trial_filter(study_uuid: str, trial_number: int | None = None) -> str:
+def _trial_filter(
+    study_uuid: str, trial_number: int | None = None, started_since: int | None = None
+) -> str:
     condition = f"tags.`{ROLE_TAG}` = 'trial' AND tags.`{STUDY_UUID_TAG}` = '{study_uuid}'"
     if trial_number is not None:
         condition += f" AND tags.`{TRIAL_NUMBER_TAG}` = '{trial_number}'"
+    if started_since is not None:
+        condition += f" AND attributes.start_time >= {int(started_since)}"
     return condition
 
 
 def search_study_runs(
-    client: MlflowClient, experiment_id: str, study_uuid: str, trial_number: int | None = None
+    client: MlflowClient,
+    experiment_id: str,
+    study_uuid: str,
+    trial_number: int | None = None,
+    started_since: int | None = None,
 ) -> list[Run]:
-    """Every active trial run of the study (of one trial, with `trial_number`), all pages."""
+    """Every active trial run of the study, all pages; of one trial with `trial_number`, and
+    only those started at or after `started_since` (ms since the epoch) with it. A trial's run
+    starts when its trial did (`experiments.mirror`), so the runs of trials started since then
+    are found without reading (and building) every run of the study."""
     runs: list[Run] = []
     token = None
     while True:
         page = client.search_runs(
             [experiment_id],
-            filter_string=_trial_filter(study_uuid, trial_number),
+            filter_string=_trial_filter(study_uuid, trial_number, started_since),
             max_results=SEARCH_PAGE,
             page_token=token,
         )

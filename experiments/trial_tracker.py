@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -77,11 +77,12 @@ class TrialTracker:
         if not self.progress.disable:
             self.progress.set_postfix_str(best_so_far(study), refresh=True)
 
-    def mirror_now(self, trial: FrozenTrial) -> None:
+    def mirror_now(self, trial: FrozenTrial, alongside: Sequence[FrozenTrial] = ()) -> None:
         """Make the trial's run match this snapshot: one try while it runs, patient once it
-        has finished (then it counts as mirrored). Called by `MirrorQueue`'s thread."""
+        has finished (then it counts as mirrored); the runs of the snapshots `alongside` are
+        found or created with its. Called by `MirrorQueue`'s thread."""
         finished = trial.state.is_finished()
-        self.mirror.sync(trial, patient=finished)
+        self.mirror.sync(trial, patient=finished, alongside=alongside)
         if finished:
             self.synced.add(trial._trial_id)
 
