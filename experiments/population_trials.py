@@ -47,7 +47,7 @@ from experiments.heartbeats import Heartbeats
 from experiments.interrupts import GATE
 from experiments.mirror_queue import MirrorQueue
 from experiments.objective import EpochRecorder, Objective
-from experiments.pass_sampler import Presampled, sample_points
+from experiments.pass_sampler import Point, Presampled, ask_point, sample_points
 from experiments.store_faults import is_store_failure
 from experiments.trial_records import write_user_attrs
 from experiments.trial_tracker import TrialTracker
@@ -143,18 +143,27 @@ class PopulationTrials:
             self.objective.config_for,
         )  # fmt: skip
         queued_first = [{}] * (count - fresh)  # their params are fixed, or left to `base`
-        self.study.sampler = Presampled(queued_first + points, fix_batch_size(batch_size, base))
+        self.study.sampler = Presampled(
+            queued_first + [p.params for p in points], fix_batch_size(batch_size, base)
+        )
         try:
-            return [self._ask_one(beats) for _ in range(count)]
+            # The queue's trials first, popped by `study.ask`, then the sampled points, each
+            # created holding its params (`pass_sampler.ask_point`).
+            return [self._ask_one(beats) for _ in queued_first] + [
+                self._ask_one(beats, point) for point in points
+            ]
         finally:
             self.study.sampler = base
 
-    def _ask_one(self, beats: Heartbeats) -> Member:
-        with warnings.catch_warnings():
-            # "Heartbeat of storage is supposed to be used with Study.optimize": `Heartbeats`
-            # does what optimize's thread would.
-            warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
-            trial = self.study.ask()
+    def _ask_one(self, beats: Heartbeats, point: Point | None = None) -> Member:
+        if point is not None:
+            trial = ask_point(self.study, point)
+        else:
+            with warnings.catch_warnings():
+                # "Heartbeat of storage is supposed to be used with Study.optimize":
+                # `Heartbeats` does what optimize's thread would.
+                warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+                trial = self.study.ask()
         self.tracker.hold(trial._trial_id)
         beats.add(trial._trial_id)
         config = self.objective.config_for(trial)
