@@ -37,7 +37,13 @@ import torch
 
 from softmaxreg.config import TrainConfig, require
 from softmaxreg.data import DataSplits
-from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
+from softmaxreg.device import (
+    choose_threads,
+    flush_denormals,
+    resolve_device,
+    synchronize,
+    torch_threads,
+)
 from softmaxreg.model import build_model
 from softmaxreg.stack import Stack
 from softmaxreg.train_pass import BatchRows
@@ -94,7 +100,7 @@ def train_population(
     threads = choose_threads(configs[0].batch_size, configs[0].threads, device, len(configs))
     population = Population(configs, data, callbacks or [None] * len(configs), device)
     population.on_epoch_end = on_epoch_end
-    with torch_threads(threads):
+    with torch_threads(threads), flush_denormals():
         return population.run(threads)
 
 
