@@ -37,9 +37,16 @@ import torch
 
 from softmaxreg.config import TrainConfig, require
 from softmaxreg.data import DataSplits
-from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
+from softmaxreg.device import (
+    choose_threads,
+    flush_denormals,
+    resolve_device,
+    synchronize,
+    torch_threads,
+)
 from softmaxreg.model import build_model
 from softmaxreg.stack import Stack
+from softmaxreg.train_pass import BatchRows
 from softmaxreg.trainer import (
     Callback,
     EpochMetrics,
@@ -93,7 +100,7 @@ def train_population(
     threads = choose_threads(configs[0].batch_size, configs[0].threads, device, len(configs))
     population = Population(configs, data, callbacks or [None] * len(configs), device)
     population.on_epoch_end = on_epoch_end
-    with torch_threads(threads):
+    with torch_threads(threads), flush_denormals():
         return population.run(threads)
 
 
@@ -114,6 +121,7 @@ class Population:
         self.n_train = self.train_x.shape[0]
         self.batch_size = min(configs[0].batch_size, self.n_train)
         self.steps_per_epoch = -(-self.n_train // self.batch_size)
+        self.rows = BatchRows(self.train_x, self.batch_size)  # every step's batch, one buffer
         self.stack = Stack(configs, self.steps_per_epoch * configs[0].epochs, device)
         sizes = [float(self.batch_size)] * self.steps_per_epoch
         sizes[-1] = float(self.n_train - self.batch_size * (self.steps_per_epoch - 1))
@@ -158,20 +166,20 @@ class Population:
         batches = order.split(size)
         # Every step's targets from one gather, already in the step's (K, 1, B) shape.
         targets = self.targets.index_select(2, order).expand(members, 1, -1).split(size, dim=2)
-        x, log_likelihoods = self.train_x, []
+        rows, log_likelihoods = self.rows, []
         # Inference mode skips autograd's dispatch in each op (nothing here is differentiated):
         # about a microsecond an op, a tenth of a batch-16 step.
         with torch.inference_mode():
             if stack.fused:
                 scales = stack.step_scales(first_step, self.batch_sizes)
                 log_likelihoods = [
-                    stack.step(x.index_select(0, batch), target, scale)
+                    stack.step(rows(batch), target, scale)
                     for batch, target, scale in zip(batches, targets, scales, strict=True)
                 ]
             else:
                 lrs = stack.pass_lrs(first_step, len(batches)).float()
                 for batch, target, lr in zip(batches, targets, lrs, strict=True):
-                    log_likelihoods.append(stack.step(x.index_select(0, batch), target))
+                    log_likelihoods.append(stack.step(rows(batch), target))
                     stack.update(lr)
         losses = step_losses(log_likelihoods, self.batch_size)
         synchronize(self.device)

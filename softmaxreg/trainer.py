@@ -8,7 +8,8 @@ The trainer logs nothing and knows nothing of Optuna or MLflow. It reports each 
 `EpochMetrics` to an optional callback; the callback may return True to stop training early
 (pruning uses this). A non-finite loss raises `TrainingDiverged` naming the epoch and step.
 The learning rate follows `config.lr_schedule` step by step (`softmaxreg.schedule`), and torch's
-thread count is `choose_threads(...)` for the run, restored afterwards.
+thread count is `choose_threads(...)` for the run, restored afterwards, and the CPU flushes
+denormal floats to zero meanwhile (`softmaxreg.device.flush_denormals`).
 
 Speed: the data already sits on the device as one float tensor; each step gathers its shuffled
 batch (small enough to stay in cache for the matmuls that follow, which a whole-epoch gather is
@@ -34,7 +35,13 @@ from torch import nn
 
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
-from softmaxreg.device import choose_threads, resolve_device, synchronize, torch_threads
+from softmaxreg.device import (
+    choose_threads,
+    flush_denormals,
+    resolve_device,
+    synchronize,
+    torch_threads,
+)
 from softmaxreg.model import EVAL_CHUNK, build_model
 from softmaxreg.optim import SGD
 from softmaxreg.schedule import is_constant, lr_table
@@ -262,7 +269,7 @@ def train(
     """Train softmax regression per `config` on `data`; report each epoch to `callback`."""
     device = resolve_device(config.device)
     threads = choose_threads(config.batch_size, config.threads, device)
-    with torch_threads(threads):
+    with torch_threads(threads), flush_denormals():
         return _train(config, data, callback, device, threads)
 
 
