@@ -42,7 +42,7 @@ class TrialBudget:
         self.total = total
         self.workers = max(1, workers)
         self._remaining = multiprocessing.RawValue("q", total)
-        self._last_passes = multiprocessing.RawValue("q", 0)  # passes left in the final round
+        self._passes_left = multiprocessing.RawValue("q", 0)  # of the plan; 0: none made yet
         self._finished = multiprocessing.RawValue("q", 0)
         # Open for the budget's life (and the forked workers'): the lock is taken on it.
         self._file = tempfile.TemporaryFile()  # noqa: SIM115
@@ -62,17 +62,21 @@ class TrialBudget:
         return self._remaining.value
 
     def pass_size(self, population: int) -> int:
-        """Trials the next pass should take: `population` while more than one pass per worker
-        is left; then what is left split evenly over one last pass per worker (with 2 workers
-        and population 16, 20 left are passes of 10 and 10, not 16 and 4), so no worker ends
-        on a full pass while the others wait or run a tiny one. One worker alone: min(population,
-        what is left), as without a budget."""
+        """Trials the next pass should take: the passes left are planned as a multiple of the
+        workers, as few as passes of `population` allow, and what is left is split evenly over
+        them (with 2 workers and population 16, 20 left are passes of 10 and 10, not 16 and 4;
+        40 at population 8 are six passes of 7 or 6, three for each worker that keeps pace),
+        so no worker ends on a tiny pass or one more than the others. One worker alone:
+        min(population, what is left), as without a budget."""
         remaining = self._remaining.value
-        passes = self._last_passes.value
-        if passes == 0 and remaining > self.workers * population:
+        if self.workers == 1 or remaining == 0:
             return min(population, remaining)
-        passes = passes or self.workers
-        return -(-remaining // passes)  # ceil: the first of the last passes take the odd ones
+        passes = self._passes_left.value or self._plan(remaining, population)
+        return min(population, -(-remaining // passes))  # ceil: the first take the odd ones
+
+    def _plan(self, remaining: int, population: int) -> int:
+        passes = -(-remaining // population)
+        return -(-passes // self.workers) * self.workers
 
     def claim(self, wanted: int, population: int = 1) -> int:
         """Claim up to `wanted` trials for one pass of up to `population`; how many are
@@ -83,10 +87,9 @@ class TrialBudget:
             granted = min(wanted, self.pass_size(population))
             if granted == 0:
                 return 0
-            if self._last_passes.value == 0 and self._remaining.value <= self.workers * population:
-                self._last_passes.value = self.workers  # the final round begins with this pass
-            if self._last_passes.value:
-                self._last_passes.value -= 1
+            if self._passes_left.value == 0:  # the first pass, or the plan is used up
+                self._passes_left.value = self._plan(self._remaining.value, population)
+            self._passes_left.value -= 1
             self._remaining.value -= granted
             return granted
 
@@ -94,7 +97,9 @@ class TrialBudget:
         """No more than `count` left: a grid study with fewer points left than the budget
         (`experiments.worker.trials_to_run`, read by each worker as it starts)."""
         with self._locked():
-            self._remaining.value = min(self._remaining.value, max(count, 0))
+            if count < self._remaining.value:  # each worker checks as it starts: mostly not
+                self._remaining.value = max(count, 0)
+                self._passes_left.value = 0  # planned again for what is left
 
     def release(self, count: int) -> None:
         """Give back trials claimed but not asked (a pass cut short by the queue)."""

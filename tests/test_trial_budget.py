@@ -37,13 +37,32 @@ def test_alone_a_worker_takes_whole_passes_and_the_rest_last():
     assert claims(TrialBudget(20), 8, population=8) == [8, 8, 4]
 
 
-def test_the_last_passes_are_split_evenly_between_the_workers():
-    """20 left for 2 workers with population 16: 10 and 10, not 16 and 4; more left than a
-    pass per worker: whole passes until then."""
+def test_passes_are_even_and_a_multiple_of_the_workers():
+    """20 for 2 workers with population 16: 10 and 10, not 16 and 4; 40 at population 8: six
+    passes of 7 or 6 (three each), not five of 8 (three for one worker, two for the other)."""
     assert claims(TrialBudget(20, workers=2), 16, population=16) == [10, 10]
-    assert claims(TrialBudget(36, workers=2), 8, population=8) == [8, 8, 8, 6, 6]
+    assert claims(TrialBudget(40, workers=2), 8, population=8) == [7, 7, 7, 7, 6, 6]
     assert claims(TrialBudget(19, workers=3), 8, population=8) == [7, 6, 6]
+    assert claims(TrialBudget(3, workers=2), 1, population=1) == [1, 1, 1]  # one trial at a time
     assert TrialBudget(20, workers=2).pass_size(16) == 10
+
+
+def test_a_worker_starting_leaves_the_plan_alone_unless_it_lowers_the_budget():
+    budget = TrialBudget(40, workers=2)
+    assert budget.claim(8, population=8) == 7  # the first of six passes
+    budget.limit(40)  # the second worker starts: no grid, nothing lower
+    assert claims(budget, 8, population=8) == [7, 7, 7, 6, 6]
+    budget = TrialBudget(40, workers=2)
+    budget.claim(8, population=8)
+    budget.limit(12)  # a grid with 12 points left: two passes of 6
+    assert claims(budget, 8, population=8) == [6, 6]
+
+
+def test_a_pass_cut_short_leaves_the_rest_planned_again():
+    budget = TrialBudget(16, workers=2)  # planned: 8 and 8
+    assert budget.claim(2, population=8) == 2  # the queue held 2 of the pass's batch size
+    assert budget.claim(8, population=8) == 8
+    assert claims(budget, 8, population=8) == [3, 3]  # 6 left: two passes again
 
 
 def test_a_claim_is_never_more_than_wanted_and_unused_trials_go_back():
