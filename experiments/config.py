@@ -61,8 +61,9 @@ class SweepConfig:
     study. Empty means softmaxreg-<dataset> (plus -accuracy-vs-time for that objective)."""
 
     n_trials: int = 40
-    """Trials to run in this invocation (added to any the study already has), shared between
-    --workers."""
+    """Trials to run in this invocation (added to any the study already has). --workers claim
+    them from one shared count as they go, so a worker that draws slow passes runs fewer and
+    all end together."""
 
     timeout: float = 0.0
     """Stop starting new trials after this many seconds; 0 means no time limit."""
@@ -275,11 +276,6 @@ class SweepConfig:
 
     def worker_seed(self, worker_id: int, existing_trials: int) -> int:
         return self.sampler_seed + worker_id * WORKER_SEED_STRIDE + existing_trials
-
-    def trials_for_worker(self, index: int) -> int:
-        """This invocation's --n-trials shared out: worker `index` of `workers` runs this many."""
-        share, extra = divmod(self.n_trials, self.workers)
-        return share + (1 if index < extra else 0)
 
 
 def check_train_config(

@@ -1,6 +1,6 @@
 """--population K: trials asked of Optuna K at a time and trained together, then told one by one.
 
-    PopulationTrials(study, objective, tracker, size=8).run(n_trials=40, timeout=None)
+    PopulationTrials(study, objective, tracker, size=8).run(TrialBudget(40), timeout=None)
     # instead of study.optimize(objective, n_trials=40, callbacks=[tracker])
 
 Ask-and-tell: a pass takes the batch size with the fewest trials so far (or that of the queued
@@ -49,6 +49,7 @@ from experiments.mirror_queue import MirrorQueue
 from experiments.objective import EpochRecorder, Objective
 from experiments.pass_sampler import Point, Presampled, ask_point, sample_points
 from experiments.store_faults import is_store_failure
+from experiments.trial_budget import TrialBudget
 from experiments.trial_records import write_user_attrs
 from experiments.trial_tracker import TrialTracker
 from softmaxreg.config import TrainConfig
@@ -90,22 +91,26 @@ class PopulationTrials:
         # cache binds it to the first study it samples for.
         self.snapshot_sampler = copy.deepcopy(study.sampler)
 
-    def run(self, n_trials: int, timeout: float | None) -> None:
-        """Start at most `n_trials` trials; stop starting passes after `timeout` seconds.
-        Returns once every trial's MLflow run matches its record."""
+    def run(self, budget: TrialBudget, timeout: float | None) -> None:
+        """Passes while `budget` grants trials, each claimed just before it is asked; none
+        started after `timeout` seconds. Returns once every trial's MLflow run matches its
+        record."""
         started = time.monotonic()
         interval = self.study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
         with (
             Heartbeats(self.study._storage, interval or 10) as beats,
             MirrorQueue(self.tracker) as self.queue,
         ):
-            asked = 0
-            while asked < n_trials and (timeout is None or time.monotonic() - started < timeout):
+            while timeout is None or time.monotonic() - started < timeout:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ExperimentalWarning)
                     fail_stale_trials(self.study)  # what study.optimize does before each trial
-                members = self.ask(min(self.size, n_trials - asked), beats)
-                asked += len(members)
+                GATE.raise_pending()  # a signal after the last pass: nothing more is claimed
+                granted = budget.claim(self.size, population=self.size)
+                if granted == 0:
+                    break
+                members = self.ask(granted, beats)
+                budget.release(granted - len(members))  # the queue cut the pass short
                 try:
                     for group in by_batch_size(members):
                         self.train_and_tell(group)

@@ -67,8 +67,15 @@ from experiments.study import (
     find_study,
 )
 from experiments.third_party_warnings import hide_third_party_warnings
+from experiments.trial_budget import TrialBudget
 from experiments.worker import SWEPT_FIELDS, finish_parent, run_sweep, study_outcome
-from experiments.workers import RunWorker, resolve_workers, run_workers, threads_per_worker
+from experiments.workers import (
+    RunWorker,
+    forked_count,
+    resolve_workers,
+    run_workers,
+    threads_per_worker,
+)
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
@@ -142,7 +149,8 @@ def run_coordinator(
     started = time.perf_counter()
     began = datetime.datetime.now()
     handoff = FinishHandoff()
-    run_worker = functools.partial(run_worker, handoff=handoff)
+    budget = TrialBudget(sweep.n_trials, workers=forked_count(sweep))  # shared, claimed as they go
+    run_worker = functools.partial(run_worker, handoff=handoff, budget=budget)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
     status, summaries = run_workers(sweep, threads, run_worker)
@@ -208,15 +216,17 @@ def run_one_worker(
     threads: int = 0,
     *,
     handoff: FinishHandoff | None = None,
+    budget: TrialBudget | None = None,
 ) -> int:
     """One worker on the study, then its report; the exit status. In this process (--workers
     1) or in a worker forked by `run_workers` (with its own `sweep` and `threads`, and its
-    command's `handoff`: its report is then the one line its command collects)."""
+    command's `handoff`: its report is then the one line its command collects, and `budget`,
+    the --n-trials it shares with its command's other workers)."""
     install_signal_handlers()
     if threads:
         train_config = replace(train_config, threads=threads)
     try:
-        outcome = run_sweep(sweep, train_config, data_config, data, handoff=handoff)
+        outcome = run_sweep(sweep, train_config, data_config, data, handoff=handoff, budget=budget)
     except SweepError as error:
         parser.error(str(error))
     except Terminated as stop:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from tqdm import tqdm
 
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
@@ -52,6 +51,7 @@ from experiments.study import (
     open_storage,
 )
 from experiments.tracking import search_trial_runs
+from experiments.trial_budget import SharedProgress, TrialBudget
 from experiments.trial_loop import run_trials_through_outages
 from experiments.trial_tracker import TrialTracker
 from experiments.workers import WorkerRegistry
@@ -221,12 +221,14 @@ def run_sweep(
     *,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     handoff: FinishHandoff | None = None,
+    budget: TrialBudget | None = None,
 ) -> SweepOutcome:
     """Run one worker on the study (creating or resuming it) on preloaded `data`.
 
     A worker forked by `--workers N` gets its command's `handoff`: if it is the study's last
     worker it hands the end of the study to the command, and its outcome is Optuna's record
-    alone (its command reports on the study).
+    alone (its command reports on the study), and its command's `budget`: it claims trials
+    from the --n-trials its command shares between its workers; alone, it has its own.
 
     Raises `SweepError` before creating anything if the study cannot be resumed as asked,
     `TrackingUnavailable` after an outage outlasting --tracking-wait-seconds,
@@ -249,8 +251,11 @@ def run_sweep(
     log(watch.call(opening_line, study))
     registry = WorkerRegistry(study, sweep.worker_id, sweep, stores.optuna_url)
     watch.call(registry.start)
+    budget = budget or TrialBudget(sweep.n_trials)
     n_trials = watch.call(trials_to_run, study, sweep, sweep.n_trials)
-    progress = tqdm(
+    budget.limit(n_trials)  # a grid's points left, as this worker found them
+    progress = SharedProgress(
+        budget,
         total=n_trials,
         desc=study_name,
         unit="trial",
@@ -272,7 +277,7 @@ def run_sweep(
         watch.call(mirror.reconcile, study)
         GATE.raise_pending()  # a signal during start-up: no trial starts
         trials_started = time.perf_counter()
-        run_trials_through_outages(study, objective, tracker, n_trials, watch)
+        run_trials_through_outages(study, objective, tracker, budget, watch)
         # Wall time of the loop: members of a population overlap, so their durations do not add.
         trial_seconds = time.perf_counter() - trials_started
         GATE.raise_pending()  # one that came during the last trial's mirror: the parent is KILLED

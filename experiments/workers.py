@@ -4,12 +4,14 @@
 
 A worker runs the sweep command's own code as `--workers 1`: once the command has imported
 everything and loaded the data, `run_workers` forks N workers from it, each with a distinct
-worker id (distinct sampler seeds), a share of `--n-trials` and `max(1, cores // N)` torch
-threads (or --threads), then waits. Forked, a worker costs neither the imports nor the data
-load again (seconds, and hundreds of MB each): it shares the parent's pages, the data's
-memory-mapped cache included. Optuna's storage hands out the trials; nothing else coordinates
-them. Several machines run the same command against a shared PostgreSQL storage and MLflow
-server, each with its own `--worker-id` range.
+worker id (distinct sampler seeds) and `max(1, cores // N)` torch threads (or --threads),
+then waits. Forked, a worker costs neither the imports nor the data load again (seconds, and
+hundreds of MB each): it shares the parent's pages, the data's memory-mapped cache included.
+Optuna's storage hands out the trials; the command's workers only share how many are left of
+`--n-trials`, claiming a trial or a pass at a time as they go (`experiments.trial_budget`), so
+one that draws slow passes runs fewer and they end together. Several machines run the same
+command against a shared PostgreSQL storage and MLflow server, each with its own `--worker-id`
+range (and its own --n-trials).
 
 Liveness of whole workers (`WorkerRegistry`) lives in the study's system attributes: each worker
 beats there while it runs and marks itself ended when it stops. The last worker to end (no
@@ -168,6 +170,11 @@ def threads_per_worker(workers: int) -> int:
     return max(1, usable_cores() // workers)
 
 
+def forked_count(sweep: SweepConfig) -> int:
+    """Workers `run_workers` forks: --workers, never more than the trials to share."""
+    return min(sweep.workers, sweep.n_trials)
+
+
 RunWorker = Callable[[SweepConfig, int], int]
 """What a forked worker runs: (its SweepConfig, its torch threads) -> exit status."""
 
@@ -228,7 +235,8 @@ def fork_worker(
 def worker_main(
     sweep: SweepConfig, index: int, threads: int, run_worker: RunWorker, stdout: int, parent: int
 ) -> int:
-    """In the forked child: this worker's own id, seed, share of --n-trials and threads."""
+    """In the forked child: this worker's own id, seed and threads (its trials it claims from
+    its command's budget, bound into `run_worker`)."""
     code = 1
     try:
         install_signal_handlers()  # first: the parent's death signal is then a clean stop
@@ -242,7 +250,6 @@ def worker_main(
             sweep,
             workers=1,
             worker_id=sweep.worker_id + index,
-            n_trials=sweep.trials_for_worker(index),
             # The first worker shows its progress bar and trial lines (unless --quiet), as one
             # worker would: the terminal has one bar, and a long run is not silent till its end.
             quiet=sweep.quiet or index > 0,
@@ -284,7 +291,7 @@ class _Forwarder:
 def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tuple[int, list[str]]:
     """Fork the workers, wait for all of them; return (exit status, each worker's summary)."""
     gc.collect()  # close engines of stores checked before the fork, here rather than in a child
-    indices = [i for i in range(sweep.workers) if sweep.trials_for_worker(i) > 0]
+    indices = range(forked_count(sweep))
     workers: list[WorkerProcess] = []
     forwarder = _Forwarder(workers)
     previous = {s: signal.signal(s, forwarder) for s in (signal.SIGTERM, signal.SIGHUP)}

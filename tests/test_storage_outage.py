@@ -217,7 +217,8 @@ def test_two_workers_wait_out_an_outage_and_the_study_ends_whole(
     study = optuna.load_study(study_name="workers", storage=direct)
     assert len(study.trials) == 6, "\n".join(lines)
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.FAIL}
-    assert sorted({t.user_attrs["worker"] for t in study.trials}) == [0, 1]
+    # The workers claim the 6 as they go: one stalled by the outage may have left the rest.
+    assert {t.user_attrs["worker"] for t in study.trials} <= {0, 1}
     parents, children = runs_of(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"), "workers")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(children) == list(range(6))
