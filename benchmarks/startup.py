@@ -109,6 +109,8 @@ class Memory:
     pss_mb: float
     rss_mb: float
     processes: int
+    """The most processes of the command's tree seen at once: the command and its workers, or
+    at the end the command and its plot-drawing child (`experiments.plot_process`)."""
 
 
 def tree(pid: int) -> list[int]:
@@ -155,8 +157,7 @@ def workers_memory(data_root: Path, scratch: Path, workers: int) -> Memory:
         pids = tree(process.pid)
         sizes = [rollup_kb(pid) for pid in pids]
         pss, rss = sum(s[0] for s in sizes) / 1024, sum(s[1] for s in sizes) / 1024
-        if pss > peak.pss_mb:
-            peak = Memory(pss, max(rss, peak.rss_mb), len(pids))
+        peak = Memory(max(pss, peak.pss_mb), max(rss, peak.rss_mb), max(len(pids), peak.processes))
         time.sleep(0.1)
     if process.returncode != 0:
         raise RuntimeError(f"--workers {workers} exited {process.returncode}")
@@ -186,7 +187,7 @@ def summary_lines(figures: dict[str, object]) -> list[str]:
     for workers, usage in figures["memory"].items():
         lines.append(
             f"--workers {workers}: peak {usage.pss_mb:,.0f} MB PSS summed over "
-            f"{usage.processes} processes ({usage.rss_mb:,.0f} MB RSS summed)"
+            f"up to {usage.processes} processes ({usage.rss_mb:,.0f} MB RSS summed)"
         )
     return lines
 

@@ -213,7 +213,8 @@ def test_two_workers_wait_out_an_outage_and_the_study_ends_whole(
     assert not any("Traceback" in line for line in lines), "\n".join(lines)
     waits = sum(UNREACHABLE in line for line in lines)
     assert 1 <= waits <= 2, "\n".join(lines)  # one line per worker that met the outage
-    assert sum("Optuna's storage reachable again after" in line for line in lines) == waits
+    said_back = sum("Optuna's storage reachable again after" in line for line in lines)
+    assert said_back == waits, "\n".join(lines)
     study = optuna.load_study(study_name="workers", storage=direct)
     assert len(study.trials) == 6, "\n".join(lines)
     assert {t.state for t in study.trials} <= {TrialState.COMPLETE, TrialState.FAIL}
