@@ -59,7 +59,7 @@ from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror_sqlite import relax_durability
-from experiments.mirror_sync import find_or_create_runs, sync_trial
+from experiments.mirror_sync import sync_trial
 from experiments.model_registry import ensure_best_model
 from experiments.run_record import (
     DIGEST_TAG,
@@ -309,10 +309,6 @@ class Mirror:
             if number is not None and number.isdigit():
                 by_number.setdefault(int(number), []).append(run)
         return by_number
-
-    def find_or_create_runs(self, trials: Sequence[FrozenTrial], *, patient: bool = True) -> None:
-        """The runs of `trials` found or created, one search for all (`experiments.mirror_sync`)."""
-        find_or_create_runs(self, trials, patient=patient)
 
     def sync(
         self, trial: FrozenTrial, *, patient: bool = True, alongside: Sequence[FrozenTrial] = ()

@@ -48,7 +48,6 @@ class StudySnapshot:
     """What `experiments.plots` reads of a study (its directions, metric names and finished
     trials), read from the storage once; the plots take it in place of the study."""
 
-    study_name: str
     directions: list[StudyDirection]
     metric_names: list[str] | None
     trials: tuple[FrozenTrial, ...]
@@ -56,7 +55,6 @@ class StudySnapshot:
     @classmethod
     def of(cls, study: optuna.Study) -> StudySnapshot:
         return cls(
-            study_name=study.study_name,
             directions=list(study.directions),
             metric_names=study.metric_names,
             trials=tuple(study.get_trials(deepcopy=False, states=DRAWN_STATES)),

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from experiments.config import Stores, SweepConfig
 from experiments.mirror import Mirror
 from experiments.mirror_queue import MirrorQueue
+from experiments.mirror_sync import find_or_create_runs
 from experiments.run_record import as_tags, trial_run_name, trial_tags
 from experiments.trial_tracker import TrialTracker
 from tests.test_sweep import child_runs
@@ -101,7 +102,7 @@ def test_a_populations_runs_are_found_or_created_by_one_search(stores):
     assert all(run.info.status == "FINISHED" for run in runs.values())
 
     again, calls = open_mirror(stores, study)  # another worker, or a restart: finds them all
-    again.find_or_create_runs(trials)
+    find_or_create_runs(again, trials, patient=True)
     assert (calls["search_runs"], calls["create_run"]) == (1, 0)
     assert {n: again._run_ids[n] for n in runs} == {n: r.info.run_id for n, r in runs.items()}
 
@@ -124,7 +125,7 @@ def test_a_run_is_created_with_all_its_tags(stores):
     """The run's tags are written by its creation, and its first sync writes none again."""
     study, trials = population(stores, size=1)
     mirror, calls = open_mirror(stores, study)
-    mirror.find_or_create_runs(trials)
+    find_or_create_runs(mirror, trials, patient=True)
     run = MlflowClient(stores["tracking_uri"]).get_run(mirror._run_ids[0])
     expected = trial_tags(trials[0], STUDY, "uuid-mirror-sync", mirror.parent_run_id)
     expected = {tag.key: tag.value for tag in as_tags(expected)}
@@ -188,7 +189,7 @@ def test_a_sync_cut_short_after_creating_the_run_converges(stores, repair):
     completes the same runs, and nothing is left to repair."""
     study, trials = population(stores, size=2)
     died, _ = open_mirror(stores, study)
-    died.find_or_create_runs(trials)
+    find_or_create_runs(died, trials, patient=True)
     created = dict(died._run_ids)
 
     mirror, calls = open_mirror(stores, study)
