@@ -29,6 +29,18 @@ def parse_configs(
     return tuple(dataclass_from_args(parser, cls, args) for cls in classes)
 
 
+def say(line: str) -> None:
+    """Write `line` and its newline to stderr in one call, so it reaches the pipe as one write.
+
+    `--workers N` forks workers that share their command's stderr, and with PYTHONUNBUFFERED
+    (or `python -u`) `print` writes a text and its newline in two calls: two workers' lines
+    then splice ("... waiting up to 120 sOptuna's storage ... waiting up to 120 s", then two
+    bare newlines). A write of under PIPE_BUF (4 KiB) bytes to a pipe is atomic.
+    """
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def load_data_or_exit(config: DataConfig, device: torch.device) -> DataSplits:
     """Load (fetching and verifying if needed) the configured dataset, or exit 1 with the reason."""
     try:
@@ -38,8 +50,8 @@ def load_data_or_exit(config: DataConfig, device: torch.device) -> DataSplits:
             device=device,
             val_size=config.val_size,
             split_seed=config.split_seed,
-            log=lambda message: print(message, file=sys.stderr),
+            log=say,
         )
     except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         raise SystemExit(1) from error

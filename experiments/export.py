@@ -81,7 +81,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +88,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from experiments.common import say
 from experiments.config import STUDY_NAME_PATTERN, normalise_tracking
 from experiments.process_exit import exit_without_teardown
 from experiments.results import (
@@ -254,12 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         export = export_study(config)
     except ServerRefused as error:  # one line: nothing about the flags is wrong
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        say(f"{parser.prog}: error: {error}")
         return 2
     except (StoreError, ExportError) as error:
         parser.error(str(error))
     for note in export.notes:
-        print(note, file=sys.stderr)
+        say(note)
     print(best_per_batch_size_markdown(export.best_per_batch_size))
     print(f"{len(export.trials)} trials of study {config.study_name!r} written to:")
     for path in export.paths:

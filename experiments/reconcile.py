@@ -17,12 +17,12 @@ outage, or to check (it prints how many runs it repaired).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
 
+from experiments.common import say
 from experiments.config import Stores, SweepConfig
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
@@ -107,16 +107,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stores = Stores.from_config(sweep)
         check_optuna_storage(stores.optuna_url, "--storage")
         check_tracking_uri(stores.tracking_uri, "--tracking-uri")
-        _, trials, repaired = reconcile_study(sweep, log=lambda m: print(m, file=sys.stderr))
+        _, trials, repaired = reconcile_study(sweep, log=say)
     except ServerRefused as error:  # one line: nothing about the flags is wrong
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        say(f"{parser.prog}: error: {error}")
         return 2
     except (StoreError, ConfigError) as error:
         parser.error(str(error))
     except Exception as error:  # either store out of reach (past the wait) or full
         if not is_store_failure(error):
             raise
-        print(f"error: {store_failure_line(error)}", file=sys.stderr)
+        say(f"error: {store_failure_line(error)}")
         return 1
     print(f"study {config.study_name}: {trials} trials, {repaired} runs repaired")
     return 0

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-import sys
 import uuid
 from contextlib import closing
 from pathlib import Path
 
+from experiments.common import say
 from experiments.stores import StoreError, sqlite_file
 from softmaxreg.data_cache import user_cache_root
 
@@ -175,5 +175,5 @@ def create_stores_or_exit(optuna_url: str, tracking_uri: str) -> None:
     try:
         create_stores(optuna_url, tracking_uri)
     except StoreCreationError as error:
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         raise SystemExit(1) from error

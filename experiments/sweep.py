@@ -40,7 +40,7 @@ from dataclasses import fields, replace
 import optuna
 import torch
 
-from experiments.common import load_data_or_exit
+from experiments.common import load_data_or_exit, say
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import Terminated, install_signal_handlers
@@ -129,7 +129,7 @@ def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mi
     signal) gets the full `reconcile_study` instead."""
     mirror = Mirror.open(
         stores, study, wait_seconds=sweep.tracking_wait_seconds,
-        log=lambda line: print(line, file=sys.stderr),
+        log=say,
     )  # fmt: skip
     mirror.ensure_parent_run(study, {}, reopen=False)  # finds it; leaves its status alone
     return mirror
@@ -169,7 +169,7 @@ def run_coordinator(
             if status == 0
             else reconcile_study(
                 replace(sweep, study_name=name, retries=0),
-                log=lambda line: print(line, file=sys.stderr),
+                log=say,
             )[0]
         )
         if handoff.handed_over and status == 0:
@@ -177,7 +177,7 @@ def run_coordinator(
     except Exception as error:  # a store out of reach or full: the workers said it already
         if not is_store_failure(error):
             raise
-        print(f"error: {store_failure_line(error)}", file=sys.stderr)
+        say(f"error: {store_failure_line(error)}")
         return status or 1
     ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
     mine = [
@@ -200,7 +200,7 @@ def run_coordinator(
         except Exception as error:  # a store out of reach or full: reconcile finishes it later
             if not is_store_failure(error):
                 raise
-            print(f"error: {store_failure_line(error)}", file=sys.stderr)
+            say(f"error: {store_failure_line(error)}")
             return status or 1
     print(format_report(outcome, sweep, stores))
     return status
@@ -230,38 +230,32 @@ def run_one_worker(
     except SweepError as error:
         parser.error(str(error))
     except Terminated as stop:
-        print(
+        say(
             f"\nstopped by {stop.signal_name}: the running trial is stored as FAIL; run the "
-            "same command again to resume",
-            file=sys.stderr,
+            "same command again to resume"
         )
         return stop.exit_status
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: finished trials are kept; run the same command again to resume",
-            file=sys.stderr,
-        )
+        say("\ninterrupted: finished trials are kept; run the same command again to resume")
         return 130
     except TrackingUnavailable as error:
-        print(
+        say(
             f"error: {error}; every finished trial is safe in Optuna: run the same command "
-            "or python -m experiments.reconcile once MLflow is back",
-            file=sys.stderr,
+            "or python -m experiments.reconcile once MLflow is back"
         )
         return 1
     except StorageUnavailable as error:
-        print(
+        say(
             f"error: {error}; every finished trial is kept there: run the same command once "
             "it answers (it, or python -m experiments.reconcile, closes what this worker "
-            "left open)",
-            file=sys.stderr,
+            "left open)"
         )
         return 1
     except Exception as error:  # a full disk wherever it surfaced: one line, not a traceback
         fault = disk_full(error, where=os.getcwd())
         if fault is None:
             raise
-        print(f"error: {fault}", file=sys.stderr)
+        say(f"error: {fault}")
         return 1
     print(this_run_line(outcome) if handoff is not None else format_report(outcome, sweep, stores))
     return 0
@@ -277,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:  # settings that clash between the configs: name the flag
         parser.error(with_flag_names(str(error), {f.name for f in fields(SweepConfig)}))
     except ServerRefused as error:  # one line: nothing about the flags is wrong
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        say(f"{parser.prog}: error: {error}")
         return 2
     except (DeviceUnavailableError, StoreError, SweepError) as error:
         parser.error(str(error))

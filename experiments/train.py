@@ -15,7 +15,7 @@ import sys
 
 from tqdm import tqdm
 
-from experiments.common import load_data_or_exit, parse_configs
+from experiments.common import load_data_or_exit, parse_configs, say
 from experiments.process_exit import exit_without_teardown
 from experiments.third_party_warnings import hide_third_party_warnings
 from softmaxreg.config import DataConfig, TrainConfig
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         result = train(train_config, data, callback=report)
     except TrainingDiverged as error:
         progress.close()
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 1
     progress.close()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from experiments.common import say
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import GATE
@@ -219,7 +220,7 @@ def run_sweep(
     data_config: DataConfig,
     data: DataSplits,
     *,
-    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    log: Callable[[str], None] = say,
     handoff: FinishHandoff | None = None,
     budget: TrialBudget | None = None,
 ) -> SweepOutcome:
