@@ -194,6 +194,8 @@ def test_the_refit_model_is_trained_on_train_and_validation_and_registered(
         best.user_attrs["final_test_accuracy"]
     )
     assert version.tags["train_examples"] == "2500"
+    assert version.description.startswith(f"trial {best.number}'s configuration (batch size")
+    assert f"test accuracy {record['test_accuracy']:.4f}" in version.description
 
     # The registered model is the refit: the same weights as training the trial's settings
     # again on the merged split, and not those of training on the training split alone.
