@@ -351,19 +351,21 @@ def log_model_version(client: MlflowClient, uri: str, source: ModelSource, name:
             serialization_format="pickle",
             code_paths=[str(PACKAGE_DIR)],
         )
-    ensure_registered_model(client, name)
-    # The version with its tags and description in one write, not registered by `log_model`
-    # and then tagged one write per tag: a version is found by its run (`registered_version`),
-    # so one cut off between those writes stayed untagged for good; and it is 4 writes fewer
-    # at the end of every study.
-    version = client.create_model_version(
-        name,
-        f"models:/{logged.model_id}",  # what `log_model`'s registration records as the source
-        run_id=source.run_id,
-        tags=source.tags,
-        description=source.description,
-        model_id=logged.model_id,
-    )
+        ensure_registered_model(client, name)
+        # The version with its tags and description in one write, not registered by
+        # `log_model` and then tagged one write per tag: a version is found by its run
+        # (`registered_version`), so one cut off between those writes stayed untagged for
+        # good; and it is 4 writes fewer at the end of every study. Inside `tracking_uri`:
+        # a SQL registry store looks the logged model up through a new `MlflowClient()`,
+        # which reads the process's tracking URI, not this client's.
+        version = client.create_model_version(
+            name,
+            f"models:/{logged.model_id}",  # what `log_model`'s registration records
+            run_id=source.run_id,
+            tags=source.tags,
+            description=source.description,
+            model_id=logged.model_id,
+        )
     return str(version.version)
 
 

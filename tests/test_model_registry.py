@@ -45,7 +45,11 @@ TRAIN = TrainConfig(epochs=2, device="cpu")
 
 def sweep_in(folder, tmp_path_factory, monkeypatch, synthetic_splits, *, refit: bool):
     copy_mlflow_db(tmp_path_factory, folder / "mlflow.db")
-    monkeypatch.chdir(folder)  # MLflow writes artifacts to ./mlruns
+    # MLflow writes artifacts to ./mlruns. A folder of its own, not the stores' folder: there
+    # MLflow's default store (sqlite:///mlflow.db) would be the study's own, and a call that
+    # wrongly used the process's default rather than the study's store would pass unseen.
+    (folder / "cwd").mkdir()
+    monkeypatch.chdir(folder / "cwd")
     config = SweepConfig(
         study_name="model-study",
         n_trials=3,
