@@ -23,7 +23,7 @@ import pandas as pd
 from experiments.objective import SUMMARY_FIGURES, fail_reason
 from experiments.run_record import summary_metric_name
 from experiments.tracking import TRIAL_NUMBER_TAG
-from softmaxreg.data import write_atomically
+from softmaxreg.idx_files import write_atomically
 
 TRIAL_COLUMNS: dict[str, str] = {
     "study_name": "Optuna study (and MLflow experiment) name",

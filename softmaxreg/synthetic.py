@@ -16,14 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from softmaxreg.data import (
-    DATASETS,
-    DatasetSpec,
-    DataSplits,
-    md5_of,
-    normalise,
-    write_idx,
-)
+from softmaxreg.data import DATASETS, DatasetSpec, DataSplits, normalise
+from softmaxreg.idx_files import md5_of, write_idx
 
 
 def synthetic_images(

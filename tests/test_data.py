@@ -34,15 +34,12 @@ from softmaxreg.data import (
     RAW_FILES,
     DataError,
     DatasetSpec,
-    _csv_to_idx,
     ensure_raw_files,
-    idx_bytes,
     load_splits,
-    md5_of,
-    resolve_data_root,
-    write_atomically,
-    write_idx,
 )
+from softmaxreg.data_sources import _csv_to_idx
+from softmaxreg.datasets import resolve_data_root
+from softmaxreg.idx_files import idx_bytes, md5_of, write_atomically, write_idx
 from softmaxreg.synthetic import synthetic_images, write_synthetic_idx
 
 N_TRAIN, N_TEST, VAL_SIZE = 300, 60, 50
