@@ -109,8 +109,9 @@ class Memory:
     pss_mb: float
     rss_mb: float
     processes: int
-    """The most processes of the command's tree seen at once: the command and its workers, or
-    at the end the command and its plot-drawing child (`experiments.plot_process`)."""
+    """The most processes of the command's tree seen at once: the command, its workers and,
+    where plots are drawn apart, its plot server (`experiments.plot_process`), forked at the
+    start and drawing at the end."""
 
 
 def tree(pid: int) -> list[int]:

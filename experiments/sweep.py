@@ -45,6 +45,7 @@ from experiments.config import Stores, SweepConfig, check_train_config, study_na
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.plot_process import discard_plot_server, prepare_plot_server
 from experiments.process_exit import exit_without_teardown
 from experiments.reconcile import reconcile_study
 from experiments.report import format_report, this_run_line
@@ -79,7 +80,7 @@ from experiments.workers import (
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args, with_flag_names
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
-from softmaxreg.device import DeviceUnavailableError, resolve_device
+from softmaxreg.device import DeviceUnavailableError, git_commit, resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +154,7 @@ def run_coordinator(
     run_worker = functools.partial(run_worker, handoff=handoff, budget=budget)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
+    git_commit()  # cached here, so the forked workers' records do not each fork git twice
     status, summaries = run_workers(sweep, threads, run_worker)
     print("\n".join(summaries))
     try:
@@ -281,13 +283,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # forked OpenMP pool hangs), and the data stays on the CPU until each worker moves it.
         torch.set_num_threads(1)
         device = torch.device("cpu")
-    data = load_data_or_exit(data_config, device)  # once, before any worker: no download race
-    create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all
-    worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
-    if sweep.workers > 1:
-        name = study_name_for(sweep, data_config)
-        return run_coordinator(worker, sweep, train_config, data, stores, name)
-    return worker(sweep)
+    prepare_plot_server(device)  # it imports matplotlib on the core this start leaves idle
+    try:
+        data = load_data_or_exit(data_config, device)  # once, before any worker: no race
+        create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all
+        worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
+        if sweep.workers > 1:
+            name = study_name_for(sweep, data_config)
+            return run_coordinator(worker, sweep, train_config, data, stores, name)
+        return worker(sweep)
+    finally:
+        discard_plot_server()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The study's plots drawn by a forked child (`experiments.plot_process`) are the plots this
-process draws, from one read of a real SQLite study; a child killed half-way loses no plot.
+process draws, from one read of a real SQLite study; a child killed half-way loses no plot. The
+same of the plot server the sweep forks at its start: it is used once, by its own process only,
+a dead one is replaced by a fork, and one never used is stopped and reaped.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from experiments.plot_process import PlotDrawing, StudySnapshot, plots_apart
+from experiments import plot_process
+from experiments.plot_process import (
+    PlotDrawing,
+    StudySnapshot,
+    discard_plot_server,
+    plots_apart,
+    prepare_plot_server,
+)
 from tests.test_plots import recorded_trial
 
 pytestmark = pytest.mark.skipif(
@@ -83,3 +92,60 @@ def test_cancel_stops_and_reaps_the_child(study, tmp_path):
     with pytest.raises(ChildProcessError):  # no zombie left to reap
         os.waitpid(pid, os.WNOHANG)
     drawing.cancel()  # twice is harmless
+
+
+def server_has_imported_the_plots(pid: int) -> bool:
+    """Has the server's process mapped matplotlib's compiled modules (its imports are done)?"""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "matplotlib" in maps and "sklearn" in maps
+
+
+def test_a_prepared_server_draws_the_plots_this_process_would(study, tmp_path):
+    from tests.services import wait_for
+
+    prepare_plot_server(torch.device("cpu"))
+    try:
+        server = plot_process._prepared
+        assert server is not None and server.pid != os.getpid()
+        wait_for(lambda: server_has_imported_the_plots(server.pid), "the server's imports")
+        snapshot = StudySnapshot.of(study)
+        apart = PlotDrawing.start(snapshot, tmp_path / "apart", apart=True)
+        assert apart.pid == server.pid  # sent to the server, no new fork
+        assert plot_process._prepared is None  # taken: used once
+        here = PlotDrawing.start(snapshot, tmp_path / "here", apart=False)
+        assert apart.wait() == here.wait()
+        assert drawn(tmp_path / "apart").keys() == drawn(tmp_path / "here").keys()
+        with pytest.raises(ChildProcessError):  # reaped by wait
+            os.waitpid(server.pid, os.WNOHANG)
+    finally:
+        discard_plot_server()
+
+
+def test_a_dead_server_falls_back_to_a_fork_and_loses_no_plot(study, tmp_path):
+    prepare_plot_server(torch.device("cpu"))
+    server = plot_process._prepared
+    os.kill(server.pid, signal.SIGKILL)
+    os.waitpid(server.pid, 0)  # gone before it is sent anything
+    drawing = PlotDrawing.start(StudySnapshot.of(study), tmp_path / "apart", apart=True)
+    assert drawing.pid not in (None, server.pid)  # forked afresh
+    assert (
+        drawing.wait()
+        == PlotDrawing.start(StudySnapshot.of(study), tmp_path / "here", apart=False).wait()
+    )
+    assert drawn(tmp_path / "apart").keys() == drawn(tmp_path / "here").keys()
+
+
+def test_an_unused_server_is_stopped_and_reaped_and_a_forked_process_never_takes_it():
+    prepare_plot_server(torch.device("cpu"))
+    server = plot_process._prepared
+    pid = os.fork()
+    if pid == 0:  # a worker forked after the server: the server is not its own
+        os._exit(0 if plot_process.take_plot_server() is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert plot_process._prepared is server  # the child's take left this process's alone
+    discard_plot_server()
+    assert plot_process._prepared is None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(server.pid, os.WNOHANG)
+    discard_plot_server()  # nothing left: harmless
