@@ -184,6 +184,13 @@ def ensure_raw_files(
         return raw_dir, verify_raw_files(spec, raw_dir)
     for name in present:  # a bad file already there is reported, never overwritten
         verify_raw_file(spec, raw_dir / name)
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)  # where every source writes
+    except OSError as error:  # a file where a folder should be, no permission, read-only
+        raise DataError(
+            f"cannot create the data folder {raw_dir}: {error.strerror or error}; set "
+            f"--data-root / ${DATA_ENV_VAR} to a folder that can hold it"
+        ) from error
     attempts: list[str] = []
     say = log or (lambda _: None)
     missing = len(RAW_FILES) - len(present)

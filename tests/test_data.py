@@ -187,6 +187,19 @@ def test_data_root_comes_from_the_environment_unless_given(monkeypatch, tmp_path
     assert resolve_data_root(None) == Path("./data")
 
 
+def test_a_data_root_that_is_a_file_is_named_before_any_source_runs(tmp_path):
+    """A file given as --data-root: one DataError naming the folder it cannot create, and the
+    file is left as it was (every source, torchvision's download too, would fail on it)."""
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("my notes")
+    with pytest.raises(DataError) as caught:
+        ensure_raw_files("mnist", not_a_folder, sources=("local", "torchvision"))
+    message = str(caught.value)
+    assert f"cannot create the data folder {not_a_folder / 'MNIST' / 'raw'}" in message
+    assert "Not a directory" in message and "--data-root" in message
+    assert not_a_folder.read_text() == "my notes"
+
+
 def test_legacy_processed_files_do_not_replace_the_verified_raw_files(synthetic_folder):
     """Old torchvision left MNIST/processed/{training,test}.pt; the verified raw files win."""
     root, raw_dir, spec = synthetic_folder
