@@ -146,7 +146,8 @@ def cached_splits(
     }  # fmt: skip
     cache = SplitCache.for_raw_dir(raw_dir, key, split_seed)
     raw_files = {name: raw_dir / name for name in RAW_FILES}
-    found = cache.load(raw_files) if all(p.is_file() for p in raw_files.values()) else None
+    had_raw_files = all(p.is_file() for p in raw_files.values())
+    found = cache.load(raw_files) if had_raw_files else None
     if found is not None:
         tensors, checksum = found
         order = split_order(len(tensors["train_y"]), split_seed)
@@ -157,7 +158,12 @@ def cached_splits(
     stamps = {name: file_stamp(path) for name, path in raw_files.items()}
     order = split_order(spec_count(raw_dir), split_seed)
     tensors = decode_verified(spec, raw_dir, order)
-    if log is not None and cache.reason != "none yet":
+    if not had_raw_files:
+        # Chosen before the fetch, the cache's place fell back to the user's cache folder when
+        # the raw folder did not exist yet: choose again, beside the files now there. Nothing
+        # was rebuilt (there was nothing to build from), so no note.
+        cache = SplitCache.for_raw_dir(raw_dir, key, split_seed)
+    elif log is not None and cache.reason != "none yet":
         log(f"note: data cache {cache.path} rebuilt: {cache.reason}")
     return cache.store(tensors, stamps, checksum, log), checksum, raw_dir
 

@@ -37,6 +37,7 @@ from softmaxreg.data import (
     ensure_raw_files,
     load_splits,
 )
+from softmaxreg.data_cache import CACHE_FOLDER
 from softmaxreg.data_sources import _csv_to_idx
 from softmaxreg.datasets import resolve_data_root
 from softmaxreg.idx_files import idx_bytes, md5_of, write_atomically, write_idx
@@ -511,6 +512,20 @@ def test_torchvision_source_downloads_and_verifies(local_mnist_mirror, tmp_path)
     assert checksum == ensure_raw_files("mnist", tmp_path, sources=())[1]
     for name in RAW_FILES:
         assert md5_of(raw_dir / name) == DATASETS["mnist"].raw_md5[name]
+
+
+@pytest.mark.real_data
+def test_a_first_download_caches_beside_the_files_it_fetched(local_mnist_mirror, tmp_path):
+    """A data root that does not exist yet: the cache goes beside the raw files the fetch
+    made (not the user's cache folder, chosen when there was no folder), with no note of a
+    rebuild, and a second load takes it."""
+    lines: list[str] = []
+    splits = load_splits("mnist", tmp_path / "new", sources=("torchvision",), log=lines.append)
+    cache = tmp_path / "new" / "MNIST" / CACHE_FOLDER / "mnist-split0-v1.pt"
+    assert cache.is_file()
+    assert not [line for line in lines if "data cache" in line], lines
+    again = load_splits("mnist", tmp_path / "new", sources=(), log=lines.append)
+    assert torch.equal(again.train_x, splits.train_x)
 
 
 @pytest.mark.real_data
