@@ -37,7 +37,7 @@ import signal
 import struct
 import sys
 import traceback
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,20 +89,36 @@ def draw_plots(snapshot: StudySnapshot, folder: Path) -> list[str]:
     return notes
 
 
-def _child_main(snapshot: StudySnapshot, folder: Path, notes_fd: int) -> int:
-    """In the forked child: the parent's signal handlers record requests for its own loop;
-    here a signal just ends the drawing, and the parent's death ends it too."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-    stop_with_parent()
+def fork_child(close_in_child: int, main: Callable[..., int], *args: object) -> int:
+    """Fork a child that closes the parent's pipe end `close_in_child`, runs `main(*args)` and
+    exits with its code; return the child's pid. In the child the parent's signal handlers
+    (which record requests for its own loop) give way to the defaults, so a signal just ends
+    it, and the parent's death ends it too. Whatever `main` raises ends the child with code 1:
+    nothing of the parent's stack may run on in a forked copy of it."""
+    flush_quietly()  # nothing buffered here is written twice by the child
+    pid = os.fork()
+    if pid != 0:
+        return pid
+    code = 1
     try:
-        notes = draw_plots(snapshot, folder)
-        with os.fdopen(notes_fd, "w") as pipe:
-            json.dump(notes, pipe)
-        return 0
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        stop_with_parent()
+        os.close(close_in_child)
+        code = main(*args)
     except BaseException:
         traceback.print_exc()
-        return 1
+    finally:
+        flush_quietly()
+        os._exit(code)
+
+
+def _child_main(snapshot: StudySnapshot, folder: Path, notes_fd: int) -> int:
+    """In the forked child: draw, then write the notes to `notes_fd`."""
+    notes = draw_plots(snapshot, folder)
+    with os.fdopen(notes_fd, "w") as pipe:
+        json.dump(notes, pipe)
+    return 0
 
 
 @dataclass
@@ -126,13 +142,7 @@ class PlotDrawing:
                 return cls(snapshot, folder, pid=server.pid, notes_fd=server.notes_fd)
             server.discard()  # it died: fork one now
         read_fd, write_fd = os.pipe()
-        flush_quietly()  # nothing buffered here is written twice by the child
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            code = _child_main(snapshot, folder, write_fd)
-            flush_quietly()
-            os._exit(code)
+        pid = fork_child(read_fd, _child_main, snapshot, folder, write_fd)
         os.close(write_fd)
         return cls(snapshot, folder, pid=pid, notes_fd=read_fd)
 
@@ -179,14 +189,7 @@ class PlotServer:
     def fork(cls) -> PlotServer:
         request_read, request_write = os.pipe()
         notes_read, notes_write = os.pipe()
-        flush_quietly()  # nothing buffered here is written twice by the child
-        pid = os.fork()
-        if pid == 0:
-            os.close(request_write)
-            os.close(notes_read)
-            code = _server_main(request_read, notes_write)
-            flush_quietly()
-            os._exit(code)
+        pid = fork_child(request_write, _server_main, request_read, notes_read, notes_write)
         os.close(request_read)
         os.close(notes_write)
         return cls(pid=pid, owner=os.getpid(), request_fd=request_write, notes_fd=notes_read)
@@ -217,11 +220,9 @@ class PlotServer:
         self.request_fd = self.notes_fd = None
 
 
-def _server_main(request_fd: int, notes_fd: int) -> int:
+def _server_main(request_fd: int, parents_notes_fd: int, notes_fd: int) -> int:
     """In the plot server: import, wait for the snapshot, draw (`_child_main`)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-    stop_with_parent()
+    os.close(parents_notes_fd)
     import optuna.importance  # noqa: F401  scikit-learn and SciPy, for the importances
 
     import experiments.plots  # noqa: F401  matplotlib and Optuna's plots

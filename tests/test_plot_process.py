@@ -21,6 +21,7 @@ from experiments.plot_process import (
     PlotDrawing,
     StudySnapshot,
     discard_plot_server,
+    fork_child,
     plots_apart,
     prepare_plot_server,
 )
@@ -149,3 +150,21 @@ def test_an_unused_server_is_stopped_and_reaped_and_a_forked_process_never_takes
     with pytest.raises(ChildProcessError):
         os.waitpid(server.pid, os.WNOHANG)
     discard_plot_server()  # nothing left: harmless
+
+
+def _raise_in_child() -> int:
+    raise RuntimeError("a plot server's imports failed")
+
+
+def test_a_forked_child_that_raises_exits_1_and_runs_nothing_of_the_parent(tmp_path, capfd):
+    """A child's exception must end it there: escaping `fork_child`, the forked copy would go
+    on running this process's code (here: touch a marker of its own pid)."""
+    read_fd, write_fd = os.pipe()
+    pid = fork_child(read_fd, _raise_in_child)
+    (tmp_path / f"ran-in-{os.getpid()}").touch()
+    os.close(read_fd)
+    os.close(write_fd)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"ran-in-{os.getpid()}"]
+    assert "a plot server's imports failed" in capfd.readouterr().err  # its traceback, once
