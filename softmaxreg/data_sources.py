@@ -72,8 +72,7 @@ def _from_local_gzip(spec: DatasetSpec, raw_dir: Path) -> None:
 def _from_torchvision(spec: DatasetSpec, raw_dir: Path) -> None:
     # torchvision writes each .gz straight over any file of that name (a user's bad .gz, say) and
     # extracts over the raw files, so it downloads into a scratch folder beside the data and
-    # only the missing raw files are moved across.
-    raw_dir.mkdir(parents=True, exist_ok=True)
+    # only the missing raw files are moved across. (`ensure_raw_files` made the folder.)
     with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".torchvision-") as scratch:
         try:
             spec.torchvision_class(scratch, train=True, download=True)
