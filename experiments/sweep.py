@@ -154,7 +154,6 @@ def run_coordinator(
     run_worker = functools.partial(run_worker, handoff=handoff, budget=budget)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
-    git_commit()  # cached here, so the forked workers' records do not each fork git twice
     status, summaries = run_workers(sweep, threads, run_worker)
     print("\n".join(summaries))
     try:
@@ -283,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # forked OpenMP pool hangs), and the data stays on the CPU until each worker moves it.
         torch.set_num_threads(1)
         device = torch.device("cpu")
+    # The commit every record carries, read (and cached) before any child exists: forked
+    # workers inherit it rather than each forking git twice, and no git runs beside them.
+    git_commit()
     prepare_plot_server(device)  # it imports matplotlib on the core this start leaves idle
     try:
         data = load_data_or_exit(data_config, device)  # once, before any worker: no race
