@@ -1,9 +1,9 @@
 """The study's plots drawn by a forked child while this process refits the best trial.
 
-    snapshot = StudySnapshot.of(study)                  # one read of the study
-    drawing = PlotDrawing.start(snapshot, folder, apart=plots_apart(device))
-    ...refit, register the model...                     # meanwhile, here
-    notes = drawing.wait()                              # PNGs in `folder`, skip notes returned
+    with study_plots(study, device) as drawing:         # one read of the study, then drawn
+        ...reconcile, refit, register the model...      # meanwhile, here
+        drawing.refresh(study)                          # drawn again if trials ended since
+        notes = drawing.wait()                          # PNGs in drawing.folder, skip notes
 
 Why: at the end of a study the plots (matplotlib and Optuna's importances with scikit-learn
 and SciPy: about 2 s at 100 trials, 1.3 s of it imports) and the refit (about 1 s) each keep
@@ -36,8 +36,10 @@ import pickle
 import signal
 import struct
 import sys
+import tempfile
 import traceback
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +123,31 @@ def _child_main(snapshot: StudySnapshot, folder: Path, notes_fd: int) -> int:
     return 0
 
 
+@contextmanager
+def study_plots(study: optuna.Study, device: torch.device) -> Iterator[PlotDrawing]:
+    """The study's plots being drawn (apart where `plots_apart`) into a temporary folder from a
+    snapshot taken now; a drawing still running on leaving is stopped, the folder removed."""
+    with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
+        drawing = PlotDrawing.start(
+            StudySnapshot.of(study), Path(folder), apart=plots_apart(device)
+        )
+        try:
+            yield drawing
+        finally:
+            drawing.cancel()
+
+
+def drawn_trials(snapshot: StudySnapshot) -> list[tuple[int, TrialState]]:
+    return [(trial.number, trial.state) for trial in snapshot.trials]
+
+
 @dataclass
 class PlotDrawing:
     """The plots of one snapshot, being drawn by a child (`pid`) or already drawn (`notes`)."""
 
     snapshot: StudySnapshot
     folder: Path
+    apart: bool
     pid: int | None = None
     notes_fd: int | None = None
     notes: Sequence[str] | None = None
@@ -135,16 +156,30 @@ class PlotDrawing:
     def start(cls, snapshot: StudySnapshot, folder: Path, *, apart: bool) -> PlotDrawing:
         """Fork a child drawing the plots if `apart`, else draw them now."""
         if not apart:
-            return cls(snapshot, folder, notes=draw_plots(snapshot, folder))
+            return cls(snapshot, folder, apart, notes=draw_plots(snapshot, folder))
         server = take_plot_server()
         if server is not None:
             if server.send(snapshot, folder):
-                return cls(snapshot, folder, pid=server.pid, notes_fd=server.notes_fd)
+                return cls(snapshot, folder, apart, pid=server.pid, notes_fd=server.notes_fd)
             server.discard()  # it died: fork one now
         read_fd, write_fd = os.pipe()
         pid = fork_child(read_fd, _child_main, snapshot, folder, write_fd)
         os.close(write_fd)
-        return cls(snapshot, folder, pid=pid, notes_fd=read_fd)
+        return cls(snapshot, folder, apart, pid=pid, notes_fd=read_fd)
+
+    def refresh(self, study: optuna.Study) -> None:
+        """Draw again, from a new snapshot, if a trial ended or failed since this one was taken
+        (a reconcile fails a dead worker's trials): the plots start before the study's end
+        work, so as to be drawn during it, and must still show every trial the tables do."""
+        snapshot = StudySnapshot.of(study)
+        if drawn_trials(snapshot) == drawn_trials(self.snapshot):
+            return
+        self.cancel()
+        for stale in self.folder.iterdir():  # a plot the new snapshot skips must not remain
+            stale.unlink()
+        fresh = PlotDrawing.start(snapshot, self.folder, apart=self.apart)
+        self.snapshot, self.pid, self.notes_fd = fresh.snapshot, fresh.pid, fresh.notes_fd
+        self.notes = fresh.notes
 
     def wait(self) -> list[str]:
         """The notes on plots skipped, once every plot is in the folder: the child's, or, if it

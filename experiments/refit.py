@@ -1,6 +1,7 @@
 """The study's final model: its best trial's configuration trained again on train + validation.
 
-    record = ensure_refit(study, data, train_config, optuna_url, log)  # the last worker, at the end
+    refit = RefitBeside(study, data, train_config, optuna_url, log)  # on a thread, from now
+    record = refit.result()                                           # ... once the end needs it
     record = refit_record(study, trial)          # what was stored, if `trial` was refit
 
 The study chose the configuration on validation; once it is chosen, the 5,000 validation
@@ -11,12 +12,17 @@ image count, both test accuracies and the weights), so Optuna's storage stays th
 truth: the registered model is rebuilt from this record alone (`experiments.model_registry`),
 by any worker or by `python -m experiments.reconcile`, without training again.
 
-Held under the study's refit lock (`experiments.locks`), so with any number of workers one
-refit runs per best trial; a resumed study whose best trial changed is refit again.
+Stored under the study's refit lock (`experiments.locks`) unless a refit of the best trial is
+there already, so the study holds one refit, of its best trial; a resumed study whose best
+trial changed is refit again. It trains on a thread (`RefitBeside`) on a core that would
+otherwise idle: with --workers N from the moment a first worker has exited while another
+still trains (the best so far, which is the study's best unless the last trials beat it), or
+else beside the study end's reconcile and report.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -54,34 +60,99 @@ def ensure_refit(
     optuna_url: str,
     log: Callable[[str], None],
 ) -> dict[str, object] | None:
-    """Refit the best trial unless it already was; return its record (None: no best trial)."""
+    """Refit the best trial unless it already was; return its stored record (None: no best
+    trial, or another became best while this one trained).
+
+    The refit lock is not held while it trains: on SQLite every store lock is the one file
+    lock, which the other workers' writes and this process's own reconcile need meanwhile. So
+    the record is stored under the lock only if its trial is still the best and no refit of
+    it is there yet (`store_refit`)."""
+    trial = best_trial_with_weights(study)
+    if trial is None:
+        return None
+    done = refit_record(study, trial)
+    if done is not None:
+        return done
+    return store_refit(study, refit_trial(trial, data, base, log), optuna_url)
+
+
+def store_refit(
+    study: optuna.Study, record: dict[str, object], optuna_url: str
+) -> dict[str, object] | None:
+    """Store `record` on the study if its trial is still the best and has no refit stored yet
+    (one made elsewhere meanwhile: the same training, the same figures); return what the study
+    then holds for that trial (None: another trial became best)."""
     with store_lock(optuna_url, refit_lock_name(study.study_name)):
-        trial = best_trial_with_weights(study)
-        if trial is None:
+        best = best_trial_with_weights(study)
+        if best is None or best.number != record["trial"]:
             return None
-        done = refit_record(study, trial)
+        done = refit_record(study, best)
         if done is not None:
             return done
-        config = trial_train_config(trial, base)
-        examples = len(data.train_y) + len(data.val_y)
-        log(
-            f"refit: trial {trial.number}'s configuration (batch size {config.batch_size}, lr "
-            f"{config.lr:.4g}, {config.epochs} epochs, seed {config.seed}) on train + "
-            f"validation, {examples:,} images"
-        )
-        started = time.perf_counter()
-        result = refit(config, data)
-        record = {
-            "trial": trial.number,
-            "seed": config.seed,
-            "train_examples": examples,
-            "epochs": len(result.epochs),
-            "test_accuracy": result.final_test_accuracy,
-            "trial_test_accuracy": trial.user_attrs.get("final_test_accuracy"),
-            "trial_train_examples": len(data.train_y),
-            "seconds": time.perf_counter() - started,
-            "dataset_checksum": data.checksum,
-            "weights": encode_weights(result.model),
-        }
         study.set_user_attr(REFIT_ATTR, record)
-        return record
+    return record
+
+
+class RefitBeside:
+    """`ensure_refit` on a thread, started before the study's end needs it: while its last
+    worker still trains (`run_coordinator`, once another worker has exited) or beside the end's
+    reconcile and report. Training spends its time in torch, which releases the GIL, so the
+    two overlap. `result()` waits for it and raises what it raised; otherwise it returns the
+    best trial's stored refit, refitting on the calling thread if a later trial became best
+    meanwhile (or after an error it raised, when `StorageWatch` retries)."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        data: DataSplits,
+        base: TrainConfig,
+        optuna_url: str,
+        log: Callable[[str], None],
+    ) -> None:
+        self.args = (study, data, base, optuna_url, log)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="refit", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            ensure_refit(*self.args)
+        except BaseException as error:  # raised on the waiting thread by result()
+            self.error = error
+
+    def result(self) -> dict[str, object] | None:
+        self.thread.join()
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+        return ensure_refit(*self.args)  # the stored record, found (or refit if overtaken)
+
+
+def refit_trial(
+    trial: FrozenTrial,
+    data: DataSplits,
+    base: TrainConfig,
+    log: Callable[[str], None],
+) -> dict[str, object]:
+    """Train `trial`'s configuration on train + validation; the record to store on the study."""
+    config = trial_train_config(trial, base)
+    examples = len(data.train_y) + len(data.val_y)
+    log(
+        f"refit: trial {trial.number}'s configuration (batch size {config.batch_size}, lr "
+        f"{config.lr:.4g}, {config.epochs} epochs, seed {config.seed}) on train + "
+        f"validation, {examples:,} images"
+    )
+    started = time.perf_counter()
+    result = refit(config, data)
+    return {
+        "trial": trial.number,
+        "seed": config.seed,
+        "train_examples": examples,
+        "epochs": len(result.epochs),
+        "test_accuracy": result.final_test_accuracy,
+        "trial_test_accuracy": trial.user_attrs.get("final_test_accuracy"),
+        "trial_train_examples": len(data.train_y),
+        "seconds": time.perf_counter() - started,
+        "dataset_checksum": data.checksum,
+        "weights": encode_weights(result.model),
+    }

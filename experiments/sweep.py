@@ -27,6 +27,7 @@ running trial is stored as FAIL with the reason; run the same command again to r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import functools
 import math
@@ -67,9 +68,10 @@ from experiments.study import (
     check_resumable,
     find_study,
 )
+from experiments.study_end import RefitWhileLastTrains, StudyEnd
 from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.trial_budget import TrialBudget
-from experiments.worker import SWEPT_FIELDS, finish_parent, run_sweep, study_outcome
+from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
 from experiments.workers import (
     RunWorker,
     forked_count,
@@ -154,7 +156,9 @@ def run_coordinator(
     run_worker = functools.partial(run_worker, handoff=handoff, budget=budget)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
-    status, summaries = run_workers(sweep, threads, run_worker)
+    named = replace(sweep, study_name=name)
+    early_refit = RefitWhileLastTrains(named, train_config, data, stores.optuna_url)
+    status, summaries = run_workers(sweep, threads, run_worker, early_refit)
     print("\n".join(summaries))
     try:
         study = find_study(stores.optuna_url, name)
@@ -164,47 +168,57 @@ def run_coordinator(
         return status or 1  # each worker said why in its own line
     if study is None:  # every worker failed before starting
         return status or 1
-    try:
-        mirror = (
-            report_mirror(sweep, stores, study)
-            if status == 0
-            else reconcile_study(
-                replace(sweep, study_name=name, retries=0),
-                log=say,
-            )[0]
-        )
-        if handoff.handed_over and status == 0:
-            mirror.reconcile(study)  # the last worker left the study's one end reconcile to us
-    except Exception as error:  # a store out of reach or full: the workers said it already
-        if not is_store_failure(error):
-            raise
-        say(f"error: {store_failure_line(error)}")
-        return status or 1
-    ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
-    mine = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.user_attrs.get("worker") in ours and t.datetime_start and t.datetime_start >= began
-    ]
-    outcome = study_outcome(
-        study,
-        mirror,
-        Counter(t.state.name for t in mine),
-        sum(t.duration.total_seconds() for t in mine if t.duration),
-        started,
-        [],
-    )
-    outcome.tracking_seconds = math.nan  # the workers spent it; each reports its own share
-    if handoff.handed_over:
+    with contextlib.ExitStack() as end:
+        end.callback(early_refit.cancel)  # a refit child the study's end did not take
         try:
-            finish_parent(study, mirror, outcome, sweep, train_config, data)
-        except Exception as error:  # a store out of reach or full: reconcile finishes it later
+            # If the study's end is ours, its refit and plots run beside the reconcile and the
+            # report's reads (experiments.study_end).
+            study_end = None
+            if handoff.handed_over:
+                begin = StudyEnd.begin(
+                    study, sweep, train_config, data, stores.optuna_url, say, early_refit.refit
+                )
+                study_end = end.enter_context(begin)
+            mirror = (
+                report_mirror(sweep, stores, study)
+                if status == 0
+                else reconcile_study(
+                    replace(sweep, study_name=name, retries=0),
+                    log=say,
+                )[0]
+            )
+            if study_end is not None and status == 0:
+                mirror.reconcile(study)  # the last worker left the study's one end reconcile to us
+        except Exception as error:  # a store out of reach or full: the workers said it already
             if not is_store_failure(error):
                 raise
             say(f"error: {store_failure_line(error)}")
             return status or 1
-    print(format_report(outcome, sweep, stores))
-    return status
+        ours = range(sweep.worker_id, sweep.worker_id + sweep.workers)
+        mine = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.user_attrs.get("worker") in ours and t.datetime_start and t.datetime_start >= began
+        ]
+        outcome = study_outcome(
+            study,
+            mirror,
+            Counter(t.state.name for t in mine),
+            sum(t.duration.total_seconds() for t in mine if t.duration),
+            started,
+            [],
+        )
+        outcome.tracking_seconds = math.nan  # the workers spent it; each reports its own share
+        if study_end is not None:
+            try:
+                study_end.finish(mirror, outcome)
+            except Exception as error:  # a store out of reach or full: reconcile finishes it later
+                if not is_store_failure(error):
+                    raise
+                say(f"error: {store_failure_line(error)}")
+                return status or 1
+        print(format_report(outcome, sweep, stores))
+        return status
 
 
 def run_one_worker(

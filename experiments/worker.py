@@ -15,13 +15,12 @@ then fails the trials it held and goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 
 import optuna
 from optuna.trial import TrialState
@@ -33,13 +32,9 @@ from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
 from experiments.objective import Objective
-from experiments.plot_process import PlotDrawing, StudySnapshot, plots_apart
-from experiments.refit import ensure_refit
 from experiments.report import (
     SweepOutcome,
     opening_line,
-    study_metrics,
-    write_study_tables,
 )
 from experiments.results import best_per_batch_size, trials_table
 from experiments.store_faults import StorageWatch, is_store_failure
@@ -51,6 +46,7 @@ from experiments.study import (
     open_or_create_study,
     open_storage,
 )
+from experiments.study_end import StudyEnd
 from experiments.tracking import search_trial_runs
 from experiments.trial_budget import SharedProgress, TrialBudget
 from experiments.trial_loop import run_trials_through_outages
@@ -173,34 +169,6 @@ def study_outcome(
     )
 
 
-def finish_parent(
-    study: optuna.Study,
-    mirror: Mirror,
-    outcome: SweepOutcome,
-    sweep: SweepConfig,
-    train_config: TrainConfig,
-    data: DataSplits,
-) -> None:
-    """For the study's last worker (`WorkerRegistry.end`), by it or by its command: refit the
-    best trial (unless --no-refit) while a child draws the plots (`experiments.plot_process`),
-    then close the parent run with a summary of the study, its plots and tables."""
-    apart = plots_apart(data.device)
-    if apart and not train_config.threads:
-        train_config = replace(train_config, threads=1)  # the other core draws
-    with tempfile.TemporaryDirectory(prefix="softmaxreg-sweep-") as folder:
-        drawing = PlotDrawing.start(StudySnapshot.of(study), Path(folder), apart=apart)
-        try:
-            if sweep.refit:
-                ensure_refit(study, data, train_config, mirror.stores.optuna_url, mirror.log)
-            mirror.ensure_best_model(study)
-            plot_notes = drawing.wait()
-        finally:
-            drawing.cancel()
-        outcome.notes += plot_notes
-        write_study_tables(outcome.trials, outcome.best_per_batch_size, plot_notes, Path(folder))
-        mirror.finish_parent_run("FINISHED", study_metrics(outcome.trials), Path(folder))
-
-
 def close_after_interrupt(mirror: Mirror, tracker: TrialTracker, registry: WorkerRegistry) -> None:
     """After Ctrl-C, a signal or an outage: one try to close this worker's open runs."""
     registry.abandon()
@@ -290,19 +258,24 @@ def run_sweep(
     last = watch.call(registry.end)
     if n_trials < sweep.n_trials:
         notes.append(f"note: the grid has {sweep.grid_size()} points; every one is taken")
+    own_outcome = functools.partial(
+        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes
+    )
     if last and handoff is None:
-        # One reconcile at the study's end, by its last worker, repairs what any other left (a
-        # dead worker's trials): every worker's own runs were mirrored as its trials ended
-        # (an outage that kept one from it fails the worker). Workers ending together each
-        # reconciled under the study lock, one after another (0.3-0.9 s each at 100 trials,
-        # 16 s at 2,000). A forked last worker leaves it to its command.
-        watch.call(mirror.reconcile, study)
-    outcome = watch.call(
-        study_outcome, study, mirror, tracker.own_states, trial_seconds, started, notes,
-        with_runs=handoff is None,
-    )  # fmt: skip
+        # The refit and the plots run beside the end's reconcile and reads (experiments.study_end).
+        with StudyEnd.begin(
+            study, sweep, objective.train_config, data, stores.optuna_url, log
+        ) as end:  # fmt: skip
+            # One reconcile at the study's end, by its last worker, repairs what any other
+            # left (a dead worker's trials): every worker's own runs were mirrored as its
+            # trials ended (an outage that kept one from it fails the worker). Workers ending
+            # together each reconciled under the study lock, one after another (0.3-0.9 s each
+            # at 100 trials, 16 s at 2,000). A forked last worker leaves it to its command.
+            watch.call(mirror.reconcile, study)
+            outcome = watch.call(own_outcome)
+            watch.call(end.finish, mirror, outcome)
+        return outcome
+    outcome = watch.call(own_outcome, with_runs=handoff is None)
     if last and handoff is not None:
         handoff.hand_over()
-    elif last:
-        watch.call(finish_parent, study, mirror, outcome, sweep, objective.train_config, data)
     return outcome

@@ -34,6 +34,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import select
 import signal
 import socket
 import sys
@@ -177,6 +178,8 @@ def forked_count(sweep: SweepConfig) -> int:
 
 RunWorker = Callable[[SweepConfig, int], int]
 """What a forked worker runs: (its SweepConfig, its torch threads) -> exit status."""
+WorkerExit = Callable[[int, int], None]
+"""Told as each forked worker exits: (its exit status, how many are still running)."""
 
 
 @dataclass
@@ -187,18 +190,24 @@ class WorkerProcess:
     pid: int
     output: int
     chunks: list[bytes] = field(default_factory=list)
+    code: int | None = None
 
-    def read_to_end(self) -> None:
-        """Read the worker's stdout until it exits; resumable after a KeyboardInterrupt."""
-        while chunk := os.read(self.output, 1 << 16):
+    def read_some(self) -> bool:
+        """Read what the worker wrote to its stdout; False (and the pipe closed) at its end."""
+        chunk = os.read(self.output, 1 << 16)
+        if chunk:
             self.chunks.append(chunk)
+            return True
         os.close(self.output)
+        return False
 
     def wait(self) -> int:
         """Exit status as a shell shows it: a worker killed by signal N reports 128 + N."""
-        _, status = os.waitpid(self.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        return 128 - code if code < 0 else code
+        if self.code is None:
+            _, status = os.waitpid(self.pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            self.code = 128 - code if code < 0 else code
+        return self.code
 
     def summary(self) -> str:
         lines = b"".join(self.chunks).decode(errors="replace").splitlines()
@@ -288,8 +297,11 @@ class _Forwarder:
                 os.kill(worker.pid, signum)
 
 
-def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tuple[int, list[str]]:
-    """Fork the workers, wait for all of them; return (exit status, each worker's summary)."""
+def run_workers(
+    sweep: SweepConfig, threads: int, run_worker: RunWorker, on_exit: WorkerExit | None = None
+) -> tuple[int, list[str]]:
+    """Fork the workers, wait for all of them; return (exit status, each worker's summary).
+    `on_exit(code, still_running)` is called as each worker exits."""
     gc.collect()  # close engines of stores checked before the fork, here rather than in a child
     indices = range(forked_count(sweep))
     workers: list[WorkerProcess] = []
@@ -298,13 +310,7 @@ def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tupl
     try:
         for index in indices:
             workers.append(fork_worker(sweep, index, threads, run_worker))
-        for worker in workers:
-            while True:
-                try:
-                    worker.read_to_end()
-                    break
-                except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait for them
-                    forwarder.received = forwarder.received or signal.SIGINT
+        read_until_exit(workers, forwarder, on_exit)
         codes = [worker.wait() for worker in workers]
     finally:
         for signum, handler in previous.items():
@@ -316,3 +322,20 @@ def run_workers(sweep: SweepConfig, threads: int, run_worker: RunWorker) -> tupl
     if forwarder.received is not None:
         return SIGNAL_EXIT[forwarder.received], summaries
     return max((c for c in codes if c), default=0), summaries
+
+
+def read_until_exit(
+    workers: list[WorkerProcess], forwarder: _Forwarder, on_exit: WorkerExit | None
+) -> None:
+    """Read every worker's stdout, as each writes, until each has exited (its pipe's end)."""
+    running = {worker.output: worker for worker in workers}
+    while running:
+        try:
+            ready, _, _ = select.select(list(running), [], [])
+            for fd in ready:
+                if not running[fd].read_some():
+                    worker = running.pop(fd)
+                    if on_exit is not None:
+                        on_exit(worker.wait(), len(running))
+        except KeyboardInterrupt:  # Ctrl-C reached the workers too: wait for them
+            forwarder.received = forwarder.received or signal.SIGINT

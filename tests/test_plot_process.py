@@ -168,3 +168,19 @@ def test_a_forked_child_that_raises_exits_1_and_runs_nothing_of_the_parent(tmp_p
     assert os.waitstatus_to_exitcode(status) == 1
     assert [p.name for p in tmp_path.iterdir()] == [f"ran-in-{os.getpid()}"]
     assert "a plot server's imports failed" in capfd.readouterr().err  # its traceback, once
+
+
+def test_a_drawing_is_redrawn_only_when_a_trial_ended_since_its_snapshot(study, tmp_path):
+    drawing = PlotDrawing.start(StudySnapshot.of(study), tmp_path / "apart", apart=True)
+    first_child = drawing.pid
+    drawing.refresh(study)  # nothing changed: the same child goes on drawing
+    assert drawing.pid == first_child
+    (running,) = study.get_trials(states=(TrialState.RUNNING,))
+    study.tell(running.number, state=TrialState.FAIL)  # as a reconcile fails a dead worker's
+    drawing.refresh(study)
+    assert drawing.pid != first_child  # drawn again, from a snapshot with the failed trial
+    assert [t.state for t in drawing.snapshot.trials][-1] == TrialState.FAIL
+    drawing.wait()
+    expected = PlotDrawing.start(StudySnapshot.of(study), tmp_path / "here", apart=False).wait()
+    assert drawing.notes == expected
+    assert sorted(drawn(tmp_path / "apart")) == sorted(drawn(tmp_path / "here"))
