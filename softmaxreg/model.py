@@ -63,6 +63,7 @@ class StepBuffers:
 
     def __init__(self, like: torch.Tensor, members: int, classes: int, batch: int) -> None:
         self.logits = like.new_empty(members * classes, batch)
+        self.member_logits = self.logits.view(members, classes, batch)  # made once, not per step
         self.residual = like.new_empty(members, classes, batch)
         self.flat_residual = self.residual.view(-1, batch)
         self.minus_ones = like.new_full((members, 1, batch), -1.0)
@@ -106,12 +107,10 @@ class StackedLogits:
         # Logits as classes x batch: (10, 784) @ (784, B) runs about twice as fast on a CPU as
         # (B, 784) @ (784, 10), and the gradient matmul then needs no transpose either.
         torch.addmm(self.bias, self.weight, x.t(), out=buffers.logits)
-        logits = buffers.logits.view(self.members, self.classes, -1)
-        log_probs = torch.log_softmax(logits, dim=1, out=buffers.residual)
+        log_probs = torch.log_softmax(buffers.member_logits, dim=1, out=buffers.residual)
         picked = log_probs.gather(1, targets)  # a new tensor: the pass keeps every step's
-        residual = log_probs.exp_()  # softmax, then minus one-hot
-        residual.scatter_add_(1, targets, buffers.minus_ones)
-        return picked, residual
+        # Softmax, then minus one-hot, in place (each in-place op returns its tensor).
+        return picked, log_probs.exp_().scatter_add_(1, targets, buffers.minus_ones)
 
 
 class ClosedFormStep(StackedLogits):
