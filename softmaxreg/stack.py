@@ -20,7 +20,7 @@ from softmaxreg.data import DataSplits
 from softmaxreg.device import synchronize
 from softmaxreg.model import ClosedFormStep, FusedSGDStep, build_model, evaluate_stack
 from softmaxreg.optim import momentum_buffers
-from softmaxreg.schedule import is_constant, lr_table
+from softmaxreg.schedule import decay_factors, is_constant, lr_at
 from softmaxreg.trainer import Evaluation
 
 
@@ -30,6 +30,26 @@ def member_factors(
     """Field `name` of every member as a (K, 1, 1) tensor, to scale stacked rows."""
     values = [float(getattr(config, name)) for config in configs]
     return torch.tensor(values, device=device, dtype=dtype).view(len(configs), 1, 1)
+
+
+def lr_columns(configs: Sequence[TrainConfig], total_steps: int) -> torch.Tensor:
+    """Every member's `lr_table` as a (steps, K) float64 column each, to the last bit: each
+    member's base times the decay factors its schedule shares with the others (one float64
+    multiply per step, as `lr_table` does), then its warm-up's steps from `lr_at` itself."""
+    shared: dict[tuple[str, int], torch.Tensor] = {}
+    columns = []
+    for config in configs:
+        key = (config.lr_schedule, config.warmup_steps)
+        if key not in shared:
+            factors = decay_factors(total_steps, *key)
+            shared[key] = torch.tensor(factors, dtype=torch.float64)
+        column = shared[key] * config.lr
+        warmup = min(config.warmup_steps, total_steps)
+        if warmup:
+            ramp = [lr_at(s, total_steps, config.lr, *key) for s in range(warmup)]
+            column[:warmup] = torch.tensor(ramp, dtype=torch.float64)
+        columns.append(column)
+    return torch.stack(columns, dim=1)
 
 
 class Stack:
@@ -62,9 +82,8 @@ class Stack:
         # Scheduled learning rates: one (K, 1, 1) row per step of the run.
         self.lr_steps: torch.Tensor | None = None
         if not all(is_constant(c.lr_schedule, c.warmup_steps) for c in configs):
-            table = [lr_table(total_steps, c.lr, c.lr_schedule, c.warmup_steps) for c in configs]
-            table = torch.tensor(table, device=device, dtype=torch.float64)
-            self.lr_steps = table.t().reshape(-1, count, 1, 1)
+            table = lr_columns(configs, total_steps).to(device)
+            self.lr_steps = table.reshape(-1, count, 1, 1)
         self.step = self._make_step()
 
     def _make_step(self) -> ClosedFormStep | FusedSGDStep:

@@ -9,6 +9,7 @@ import pytest
 
 from softmaxreg.config import TrainConfig
 from softmaxreg.schedule import is_constant, lr_at, lr_table
+from softmaxreg.stack import lr_columns
 from softmaxreg.trainer import train
 
 TOTAL = 101  # steps 0..100: the middle step is 50, the last 100
@@ -44,6 +45,23 @@ def test_warmup_ramps_linearly_to_the_base_rate_then_the_schedule_starts(schedul
     assert lr_at(12, 21, 2.0, schedule, 4) == pytest.approx(middle, abs=1e-15)
     last = {"constant": 2.0, "linear": 0.0, "cosine": 0.0}[schedule]
     assert lr_at(20, 21, 2.0, schedule, 4) == pytest.approx(last, abs=1e-15)
+
+
+def test_every_table_is_lr_at_to_the_last_bit_for_any_base_and_warmup():
+    """lr_table scales shared decay factors by the base; the population's columns
+    (softmaxreg.stack.lr_columns) do the same in float64 tensors: both must be lr_at exactly,
+    for bases whose products round (0.1, 0.003, 0.7...) and with or without a warm-up."""
+    bases = (0.1, 0.003, 0.7, 1.0, 0.0123456789, 0.35)
+    for schedule in ("constant", "linear", "cosine"):
+        for total, warmup in ((1, 0), (2, 1), (97, 0), (97, 13), (10, 30)):
+            configs = [
+                TrainConfig(lr=lr, lr_schedule=schedule, warmup_steps=warmup) for lr in bases
+            ]
+            columns = lr_columns(configs, total)
+            for k, lr in enumerate(bases):
+                expected = [lr_at(s, total, lr, schedule, warmup) for s in range(total)]
+                assert lr_table(total, lr, schedule, warmup) == expected, (schedule, lr, warmup)
+                assert columns[:, k].tolist() == expected, (schedule, lr, warmup)
 
 
 def test_decay_is_monotonic_and_the_table_is_lr_at_per_step():
