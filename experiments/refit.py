@@ -1,7 +1,6 @@
 """The study's final model: its best trial's configuration trained again on train + validation.
 
-    refit = RefitBeside(study, data, train_config, optuna_url, log)  # on a thread, from now
-    record = refit.result()                                           # ... once the end needs it
+    record = ensure_refit(study, data, train_config, optuna_url, log)  # at the study's end
     record = refit_record(study, trial)          # what was stored, if `trial` was refit
 
 The study chose the configuration on validation; once it is chosen, the 5,000 validation
@@ -14,15 +13,13 @@ by any worker or by `python -m experiments.reconcile`, without training again.
 
 Stored under the study's refit lock (`experiments.locks`) unless a refit of the best trial is
 there already, so the study holds one refit, of its best trial; a resumed study whose best
-trial changed is refit again. It trains on a thread (`RefitBeside`) on a core that would
-otherwise idle: with --workers N from the moment a first worker has exited while another
-still trains (the best so far, which is the study's best unless the last trials beat it), or
-else beside the study end's reconcile and report.
+trial changed is refit again. With --workers N a forked child trains it on the core a first
+worker to end frees while the last one still trains (`experiments.refit_process`): the best
+so far, which is the study's best unless the last trials beat it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -91,41 +88,6 @@ def store_refit(
             return done
         study.set_user_attr(REFIT_ATTR, record)
     return record
-
-
-class RefitBeside:
-    """`ensure_refit` on a thread, started before the study's end needs it: while its last
-    worker still trains (`run_coordinator`, once another worker has exited) or beside the end's
-    reconcile and report. Training spends its time in torch, which releases the GIL, so the
-    two overlap. `result()` waits for it and raises what it raised; otherwise it returns the
-    best trial's stored refit, refitting on the calling thread if a later trial became best
-    meanwhile (or after an error it raised, when `StorageWatch` retries)."""
-
-    def __init__(
-        self,
-        study: optuna.Study,
-        data: DataSplits,
-        base: TrainConfig,
-        optuna_url: str,
-        log: Callable[[str], None],
-    ) -> None:
-        self.args = (study, data, base, optuna_url, log)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="refit", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            ensure_refit(*self.args)
-        except BaseException as error:  # raised on the waiting thread by result()
-            self.error = error
-
-    def result(self) -> dict[str, object] | None:
-        self.thread.join()
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
-        return ensure_refit(*self.args)  # the stored record, found (or refit if overtaken)
 
 
 def refit_trial(

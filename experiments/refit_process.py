@@ -4,7 +4,7 @@
     ...                                                                  # meanwhile, here
     record = refit.result()  # stored on the study; refit here if a later trial became best
 
-For --workers N (`experiments.study_end.RefitWhileLastTrains`): once a first worker has ended,
+For --workers N (`experiments.study_end.EarlyEnd`): once a first worker has ended,
 its core is free while the last one trains, and then the command reconciles and reads the
 study while the plots are drawn. A refit on a thread of the command was slower there than
 alone (1.4-1.9 s against 0.8 s: each of its thousands of small torch calls waits for the GIL

@@ -38,14 +38,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, replace
 
-import optuna
 import torch
 
 from experiments.common import load_data_or_exit, say
 from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import Terminated, install_signal_handlers
-from experiments.mirror import Mirror, TrackingUnavailable
+from experiments.mirror import TrackingUnavailable
 from experiments.plot_process import discard_plot_server, prepare_plot_server
 from experiments.process_exit import exit_without_teardown
 from experiments.reconcile import reconcile_study
@@ -68,7 +67,7 @@ from experiments.study import (
     check_resumable,
     find_study,
 )
-from experiments.study_end import RefitWhileLastTrains, StudyEnd
+from experiments.study_end import EarlyEnd, StudyEnd, report_mirror
 from experiments.third_party_warnings import hide_third_party_warnings
 from experiments.trial_budget import TrialBudget
 from experiments.worker import SWEPT_FIELDS, run_sweep, study_outcome
@@ -125,19 +124,6 @@ def check_before_start(
     return stores
 
 
-def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mirror:
-    """The study's mirror, to report from, when every worker exited 0: each mirrored its own
-    trials as they ended, and the study's last worker reconciled it, or left that to this
-    command with the rest of the study's end (`run_coordinator`). Any other exit (a fault, a
-    signal) gets the full `reconcile_study` instead."""
-    mirror = Mirror.open(
-        stores, study, wait_seconds=sweep.tracking_wait_seconds,
-        log=say,
-    )  # fmt: skip
-    mirror.ensure_parent_run(study, {}, reopen=False)  # finds it; leaves its status alone
-    return mirror
-
-
 def run_coordinator(
     run_worker: RunWorker,
     sweep: SweepConfig,
@@ -156,12 +142,11 @@ def run_coordinator(
     run_worker = functools.partial(run_worker, handoff=handoff, budget=budget)
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
-    named = replace(sweep, study_name=name)
-    early_refit = RefitWhileLastTrains(named, train_config, data, stores.optuna_url)
-    status, summaries = run_workers(sweep, threads, run_worker, early_refit)
+    early = EarlyEnd(replace(sweep, study_name=name), train_config, data, stores)
+    status, summaries = run_workers(sweep, threads, run_worker, early)
     print("\n".join(summaries))
     try:
-        study = find_study(stores.optuna_url, name)
+        study = early.study or find_study(stores.optuna_url, name)
     except Exception as error:
         if not is_store_failure(error):
             raise
@@ -169,18 +154,18 @@ def run_coordinator(
     if study is None:  # every worker failed before starting
         return status or 1
     with contextlib.ExitStack() as end:
-        end.callback(early_refit.cancel)  # a refit child the study's end did not take
+        end.callback(early.cancel)  # a refit child the study's end did not take
         try:
             # If the study's end is ours, its refit and plots run beside the reconcile and the
             # report's reads (experiments.study_end).
             study_end = None
             if handoff.handed_over:
                 begin = StudyEnd.begin(
-                    study, sweep, train_config, data, stores.optuna_url, say, early_refit.refit
+                    study, sweep, train_config, data, stores.optuna_url, say, early.refit
                 )
                 study_end = end.enter_context(begin)
             mirror = (
-                report_mirror(sweep, stores, study)
+                (early.mirror or report_mirror(sweep, stores, study))
                 if status == 0
                 else reconcile_study(
                     replace(sweep, study_name=name, retries=0),

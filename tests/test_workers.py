@@ -176,7 +176,7 @@ def test_two_workers_on_the_default_sqlite_stores(real_mnist_root, tmp_path):
         assert run.data.params["train_examples"] == "60000"
         assert out.count("refit of trial") == 1  # the command's report, not the workers'
         # One refit of the best trial; a second only if the refit begun when the first worker
-        # ended (experiments.study_end.RefitWhileLastTrains) was overtaken by a later best.
+        # ended (experiments.study_end.EarlyEnd) was overtaken by a later best.
         refits = re.findall(r"refit: trial (\d+)'s", err)
         best = max((t for t in study.trials if t.user_attrs.get("best_val_accuracy") is not None),
                    key=lambda t: (t.user_attrs["best_val_accuracy"], -t.number))  # fmt: skip
