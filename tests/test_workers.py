@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -25,7 +26,7 @@ from optuna.trial import TrialState
 from experiments.config import SweepConfig
 from experiments.finish_handoff import FinishHandoff
 from experiments.reconcile import reconcile_study
-from experiments.workers import resolve_workers, threads_per_worker, usable_cores
+from experiments.workers import resolve_workers, run_workers, threads_per_worker, usable_cores
 from softmaxreg.data import DATA_ENV_VAR
 from tests.services import (
     MlflowServer,
@@ -263,3 +264,29 @@ def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):
     points = sorted((t.params["batch_size"], t.params["lr"]) for t in study.trials)
     grid = SweepConfig(batch_sizes=(32, 128), lr_range=(0.05, 1.0), grid_lr_points=3)
     assert points == sorted((b, lr) for b in (32, 128) for lr in grid.grid_learning_rates())
+
+
+def sleep_then_exit(sweep: SweepConfig, _threads: int) -> int:
+    """A forked worker's stand-in: worker 0 takes longest; each prints its report line."""
+    time.sleep({0: 1.5, 1: 0.2, 2: 0.7}[sweep.worker_id])
+    os.write(1, f"this run: worker {sweep.worker_id}\n".encode())  # fd 1: the worker's pipe
+    return 3 if sweep.worker_id == 2 else 0
+
+
+def test_each_forked_worker_is_told_as_it_exits_whichever_ends_first():
+    """run_workers reads every worker's pipe at once (not the first worker's to its end, then
+    the next's): `on_exit` hears of each as it exits, with its status and how many still run,
+    while the first is still running; that is when the command starts the study's end early
+    (experiments.study_end.EarlyEnd)."""
+    heard: list[tuple[int, int, float]] = []
+    started = time.monotonic()
+
+    def on_exit(code: int, still_running: int) -> None:
+        heard.append((code, still_running, time.monotonic() - started))
+
+    status, summaries = run_workers(SweepConfig(n_trials=3, workers=3), 1, sleep_then_exit, on_exit)
+    assert [(code, running) for code, running, _ in heard] == [(0, 2), (3, 1), (0, 0)]
+    assert heard[0][2] < 1.0 and heard[1][2] < 1.4  # told before the slowest one ended
+    assert status == 3  # a worker's failure is the command's
+    assert summaries == [f"worker {i} (exit {c}): this run: worker {i}" for i, c in
+                         ((0, 0), (1, 0), (2, 3))]  # fmt: skip
