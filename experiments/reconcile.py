@@ -36,7 +36,7 @@ from experiments.stores import (
 )
 from experiments.study import OPTUNA_SCHEMA_LOCK, find_study
 from experiments.third_party_warnings import hide_third_party_warnings
-from experiments.workers import live_workers
+from experiments.worker_registry import live_workers
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import ConfigError
 

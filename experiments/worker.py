@@ -51,7 +51,7 @@ from experiments.tracking import search_trial_runs
 from experiments.trial_budget import SharedProgress, TrialBudget
 from experiments.trial_loop import run_trials_through_outages
 from experiments.trial_tracker import TrialTracker
-from experiments.workers import WorkerRegistry
+from experiments.worker_registry import WorkerRegistry
 from softmaxreg.config import DataConfig, TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.device import environment, resolve_device

@@ -266,27 +266,40 @@ def test_grid_points_run_once_across_workers(real_mnist_root, tmp_path):
     assert points == sorted((b, lr) for b in (32, 128) for lr in grid.grid_learning_rates())
 
 
-def sleep_then_exit(sweep: SweepConfig, _threads: int) -> int:
-    """A forked worker's stand-in: worker 0 takes longest; each prints its report line."""
-    time.sleep({0: 1.5, 1: 0.2, 2: 0.7}[sweep.worker_id])
+RELEASE_FLAG: list[Path] = []
+"""Set before the fork: the file whose existence lets worker 0 (the slowest) exit."""
+
+
+def exit_in_turn(sweep: SweepConfig, _threads: int) -> int:
+    """A forked worker's stand-in: workers 1 and 2 exit at once (2 with status 3); worker 0
+    waits until its command has been told of both (or 60 s: then it exits with status 9)."""
+    if sweep.worker_id == 0:
+        deadline = time.monotonic() + 60
+        while not RELEASE_FLAG[0].exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        code = 0 if RELEASE_FLAG[0].exists() else 9
+    else:
+        time.sleep(0.3 * sweep.worker_id)  # worker 1 first, then 2
+        code = 3 if sweep.worker_id == 2 else 0
     os.write(1, f"this run: worker {sweep.worker_id}\n".encode())  # fd 1: the worker's pipe
-    return 3 if sweep.worker_id == 2 else 0
+    return code
 
 
-def test_each_forked_worker_is_told_as_it_exits_whichever_ends_first():
+def test_each_forked_worker_is_told_as_it_exits_whichever_ends_first(tmp_path):
     """run_workers reads every worker's pipe at once (not the first worker's to its end, then
     the next's): `on_exit` hears of each as it exits, with its status and how many still run,
     while the first is still running; that is when the command starts the study's end early
-    (experiments.study_end.EarlyEnd)."""
-    heard: list[tuple[int, int, float]] = []
-    started = time.monotonic()
+    (experiments.study_end.EarlyEnd). Worker 0 here cannot end before the others were told."""
+    RELEASE_FLAG[:] = [tmp_path / "told-of-both"]
+    heard: list[tuple[int, int]] = []
 
     def on_exit(code: int, still_running: int) -> None:
-        heard.append((code, still_running, time.monotonic() - started))
+        heard.append((code, still_running))
+        if still_running == 1:
+            RELEASE_FLAG[0].touch()
 
-    status, summaries = run_workers(SweepConfig(n_trials=3, workers=3), 1, sleep_then_exit, on_exit)
-    assert [(code, running) for code, running, _ in heard] == [(0, 2), (3, 1), (0, 0)]
-    assert heard[0][2] < 1.0 and heard[1][2] < 1.4  # told before the slowest one ended
+    status, summaries = run_workers(SweepConfig(n_trials=3, workers=3), 1, exit_in_turn, on_exit)
+    assert heard == [(0, 2), (3, 1), (0, 0)]
     assert status == 3  # a worker's failure is the command's
     assert summaries == [f"worker {i} (exit {c}): this run: worker {i}" for i, c in
                          ((0, 0), (1, 0), (2, 3))]  # fmt: skip
