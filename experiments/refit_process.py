@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from experiments.common import say
 from experiments.model_registry import best_trial_with_weights, refit_record
@@ -75,8 +76,9 @@ class RefitApart:
         """The best trial's refit record, stored: the child's, or one trained here if the child
         failed or a later trial became best (None: no trial to refit)."""
         record = self._take()
-        if record is not None:
-            store_refit(self.study, record, self.optuna_url)
+        stored = None if record is None else store_refit(self.study, record, self.optuna_url)
+        if stored is not None:
+            return stored
         return ensure_refit(self.study, self.data, self.base, self.optuna_url, self.log)
 
     def cancel(self) -> None:
@@ -103,7 +105,7 @@ class RefitApart:
         return pickle.loads(payload)
 
 
-def _child_main(trial, data: DataSplits, base: TrainConfig, record_fd: int) -> int:
+def _child_main(trial: FrozenTrial, data: DataSplits, base: TrainConfig, record_fd: int) -> int:
     """In the forked child: train the refit, send its record, exit."""
     gc.disable()  # see the module docstring: the command's connections stay untouched
     record = refit_trial(trial, data, base, say)

@@ -119,14 +119,14 @@ class EarlyEnd:
         if self.study is not None or code != 0 or still_running == 0:
             return
         try:
-            study = find_study(self.stores.optuna_url, self.sweep.study_name)
-            if study is None:
+            # Once found, the study is begun on: a later worker's exit forks no second refit.
+            self.study = find_study(self.stores.optuna_url, self.sweep.study_name)
+            if self.study is None:
                 return
             if self.sweep.refit:
                 url = self.stores.optuna_url
-                self.refit = RefitApart.start(study, self.data, self.train_config, url)
-            self.mirror = report_mirror(self.sweep, self.stores, study)
-            self.study = study
+                self.refit = RefitApart.start(self.study, self.data, self.train_config, url)
+            self.mirror = report_mirror(self.sweep, self.stores, self.study)
         except Exception as error:
             if not is_store_failure(error):
                 raise

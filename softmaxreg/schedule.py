@@ -46,10 +46,16 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str, warmup_ste
 def lr_table(total_steps: int, base_lr: float, schedule: str, warmup_steps: int) -> list[float]:
     """`lr_at` for every step of the run, in order, to the last bit: the warm-up's steps from
     `lr_at` itself, every later step as base_lr times its `decay_factors` entry."""
-    warmup = min(warmup_steps, total_steps)
-    ramp = [lr_at(s, total_steps, base_lr, schedule, warmup_steps) for s in range(warmup)]
+    ramp = warmup_lrs(total_steps, base_lr, schedule, warmup_steps)
     factors = decay_factors(total_steps, schedule, warmup_steps)
-    return ramp + [base_lr * factor for factor in factors[warmup:]]
+    return ramp + [base_lr * factor for factor in factors[len(ramp) :]]
+
+
+def warmup_lrs(total_steps: int, base_lr: float, schedule: str, warmup_steps: int) -> list[float]:
+    """`lr_at` for the warm-up's steps of the run (none without a warm-up): the part of a table
+    that is not base_lr times a shared `decay_factors` entry."""
+    warmup = min(warmup_steps, total_steps)
+    return [lr_at(s, total_steps, base_lr, schedule, warmup_steps) for s in range(warmup)]
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,7 +20,7 @@ from softmaxreg.data import DataSplits
 from softmaxreg.device import synchronize
 from softmaxreg.model import ClosedFormStep, FusedSGDStep, build_model, evaluate_stack
 from softmaxreg.optim import momentum_buffers
-from softmaxreg.schedule import decay_factors, is_constant, lr_at
+from softmaxreg.schedule import decay_factors, is_constant, warmup_lrs
 from softmaxreg.trainer import Evaluation
 
 
@@ -35,7 +35,7 @@ def member_factors(
 def lr_columns(configs: Sequence[TrainConfig], total_steps: int) -> torch.Tensor:
     """Every member's `lr_table` as a (steps, K) float64 column each, to the last bit: each
     member's base times the decay factors its schedule shares with the others (one float64
-    multiply per step, as `lr_table` does), then its warm-up's steps from `lr_at` itself."""
+    multiply per step, as `lr_table` does), then its warm-up's steps from `warmup_lrs`."""
     shared: dict[tuple[str, int], torch.Tensor] = {}
     columns = []
     for config in configs:
@@ -44,10 +44,9 @@ def lr_columns(configs: Sequence[TrainConfig], total_steps: int) -> torch.Tensor
             factors = decay_factors(total_steps, *key)
             shared[key] = torch.tensor(factors, dtype=torch.float64)
         column = shared[key] * config.lr
-        warmup = min(config.warmup_steps, total_steps)
-        if warmup:
-            ramp = [lr_at(s, total_steps, config.lr, *key) for s in range(warmup)]
-            column[:warmup] = torch.tensor(ramp, dtype=torch.float64)
+        ramp = warmup_lrs(total_steps, config.lr, *key)
+        if ramp:
+            column[: len(ramp)] = torch.tensor(ramp, dtype=torch.float64)
         columns.append(column)
     return torch.stack(columns, dim=1)
 
