@@ -17,7 +17,9 @@ of `train_population`), `optuna_ask`, `optuna_writes` (set_user_attr, report, te
 batched writer where the code has one), `mlflow` (every MLflow call made on the main thread,
 and the wait for the mirror's queue to drain) and `other` (the wall time of the loop less all
 of those: reads, logging, progress, GIL waits on helper threads). Bookkeeping = wall - arithmetic
-- library.
+- library. CPU is counted wherever bookkeeping runs: the main thread, helper threads and, in
+code that mirrors to MLflow from a child process, that child's (reaped when the queue closes).
+SQL statements are counted in this process only: the child's MLflow statements are not seen.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import functools
 import importlib
 import json
+import resource
 import threading
 import time
 from collections import Counter
@@ -208,16 +211,19 @@ def main() -> None:
     wrapped = install(clock)
     statements = Statements()
     start, main_cpu, process_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+    children_cpu = reaped_children_cpu()
     run_trials(study, objective, tracker, args.trials)
     wall = time.perf_counter() - start
     main_cpu, process_cpu = time.thread_time() - main_cpu, time.process_time() - process_cpu
+    children_cpu = reaped_children_cpu() - children_cpu  # the mirror's process, reaped by now
     states = Counter(t.state.name for t in study.get_trials(deepcopy=False))
     parts = dict(clock.seconds)
     parts["other"] = wall - sum(parts.values())
     cpu = dict(clock.cpu)
     cpu["other"] = main_cpu - sum(cpu.values())
-    # Helper threads (the MLflow queue, heartbeats) and torch's own threads, if any.
-    cpu["other_threads"] = process_cpu - main_cpu
+    # Helper threads (the MLflow queue, heartbeats), torch's own threads if any, and the
+    # mirror's child process where the code has one: bookkeeping's CPU wherever it runs.
+    cpu["other_threads"] = process_cpu - main_cpu + children_cpu
     Path(args.out).write_text(
         json.dumps(
             {
@@ -233,6 +239,13 @@ def main() -> None:
             indent=1,
         )
     )
+
+
+def reaped_children_cpu() -> float:
+    """User and system CPU seconds of this process's children that have ended and been
+    waited for (the mirror's process is reaped when its queue closes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 if __name__ == "__main__":

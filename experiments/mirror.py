@@ -144,7 +144,8 @@ class Mirror:
         self.client = MlflowClient(stores.tracking_uri, registry_uri=stores.tracking_uri)
         self.seconds = 0.0
         self.stopping: Callable[[], bool] | None = None
-        """Set while a `MirrorQueue` calls this mirror from its thread: True once it closes."""
+        """Set while a `MirrorQueue` calls this mirror from its thread or child: True once it
+        closes."""
         """Wall seconds spent in MLflow calls (for the tracking-overhead figure)."""
         self.experiment_id: str | None = None
         self.parent_run_id: str | None = None
@@ -214,12 +215,13 @@ class Mirror:
 
     def _safe_point(self) -> None:
         """Between retries: the main thread raises a recorded signal; the mirror's own thread
-        (`experiments.mirror_queue`) leaves signals to the main thread and stops when the
-        queue closes."""
-        if threading.current_thread() is threading.main_thread():
+        (`experiments.mirror_queue`) or process (`experiments.mirror_process`) leaves signals
+        to the main thread and stops when the queue closes."""
+        if self.stopping is not None:  # the queue's thread, or the mirror's child process
+            if self.stopping():
+                raise TrackingUnavailable("the worker is stopping: left to the next reconcile")
+        elif threading.current_thread() is threading.main_thread():
             GATE.raise_pending()
-        elif self.stopping is not None and self.stopping():
-            raise TrackingUnavailable("the worker is stopping: left to the next reconcile")
 
     # ----------------------------------------------------------- experiment and parent run
 

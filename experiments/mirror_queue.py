@@ -20,7 +20,10 @@ next `check()` or `drain()`. What the queue still held when the process died is 
 the next worker's or `python -m experiments.reconcile`'s reconcile.
 
 Only this thread calls the mirror while the queue is open: the main thread calls it again
-after `drain()` or `close()`, which join the thread.
+after `drain()` or `close()`, which join the thread. With `apart=True` (a population's queue,
+on Linux) the thread does not sync itself: it hands each snapshot to the mirror's child process
+(`experiments.mirror_process`) and waits on its pipe, so MLflow's Python never holds the
+training's GIL; if the child dies, the thread syncs from then on.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from optuna.trial import FrozenTrial
 
 from experiments.interrupts import GATE
 from experiments.mirror import TrackingUnavailable
+from experiments.mirror_process import ChildGone, MirrorApart, apart_allowed
 from experiments.trial_tracker import TrialTracker
 
 START_DELAY_SECONDS = 5.0
@@ -43,8 +47,10 @@ arriving meanwhile replaces it (MLflow's SQL store costs ~10 ms of CPU per call 
 class MirrorQueue:
     """Trials waiting to be mirrored, newest snapshot per trial, and the thread that does it."""
 
-    def __init__(self, tracker: TrialTracker) -> None:
+    def __init__(self, tracker: TrialTracker, *, apart: bool = False) -> None:
         self.tracker = tracker
+        self._apart_wanted = apart and apart_allowed()
+        self._apart: MirrorApart | None = None
         self._waiting: OrderedDict[int, FrozenTrial] = OrderedDict()
         self._since: dict[int, float] = {}
         """When each waiting trial was first put (a running snapshot waits from then)."""
@@ -56,6 +62,8 @@ class MirrorQueue:
         self._thread = threading.Thread(target=self._work, name="mlflow-mirror", daemon=True)
 
     def __enter__(self) -> MirrorQueue:
+        if self._apart_wanted:  # forked first: the child sets its mirror's `stopping` itself
+            self._apart = MirrorApart.start(self.tracker.mirror)
         self.tracker.mirror.stopping = self._stopping
         self._thread.start()
         return self
@@ -97,8 +105,14 @@ class MirrorQueue:
         with self._condition:
             self._closing = True
             self._condition.notify_all()
+        apart = self._apart  # the thread may drop it meanwhile (a dead child)
+        if apart is not None:
+            apart.stop()  # its retries cut short, as this thread's would be
         if self._thread.is_alive():
             self._thread.join()
+        if apart is not None:
+            apart.close()
+            self._apart = None
         self.tracker.mirror.stopping = None
 
     def _stopping(self) -> bool:
@@ -143,7 +157,7 @@ class MirrorQueue:
     def _mirror(self, trial: FrozenTrial, alongside: list[FrozenTrial]) -> bool:
         """Mirror one snapshot; False once the queue has failed (the thread stops)."""
         try:
-            self.tracker.mirror_now(trial, alongside=alongside)
+            self._sync(trial, alongside)
         except TrackingUnavailable as error:
             if not trial.state.is_finished():
                 self.tracker.log(
@@ -156,6 +170,20 @@ class MirrorQueue:
             self._fail(error)
             return False
         return True
+
+    def _sync(self, trial: FrozenTrial, alongside: list[FrozenTrial]) -> None:
+        """`tracker.mirror_now`, in the mirror's child process while it lives."""
+        apart = self._apart
+        if apart is not None:
+            try:
+                patient = trial.state.is_finished()
+                self.tracker.mirror.seconds += apart.sync(trial, alongside, patient=patient)
+                self.tracker.mirrored(trial)
+                return
+            except ChildGone:
+                self._apart = None  # this thread syncs from now on; `close` reaps the child
+                apart.close()
+        self.tracker.mirror_now(trial, alongside=alongside)
 
     def _fail(self, error: BaseException) -> None:
         with self._condition:

@@ -20,8 +20,9 @@ Bookkeeping off the hot path: the pass's members store together, each kind of re
 storage transaction for all of them (`experiments.trial_records`): their settings before
 training, their epoch tables after each epoch, their summaries before any is told; each is then
 told on its own (Optuna's `tell`), so a COMPLETE trial always holds its whole record. MLflow
-is written by a thread of its own (`experiments.mirror_queue`) from snapshots of those durable
-records, and the pass drains it before it returns.
+is written from snapshots of those durable records by a process of its own, fed by a thread
+(`experiments.mirror_queue`, `experiments.mirror_process`: on the training's thread or GIL,
+MLflow's Python slowed the passes), drained once the worker's last pass is told.
 
 Liveness: one thread beats for every member while the pass runs (`experiments.heartbeats`), so
 a worker killed mid-pass leaves each member to be failed (and retried) by the next worker or
@@ -99,7 +100,7 @@ class PopulationTrials:
         interval = self.study._storage.get_heartbeat_interval()  # type: ignore[attr-defined]
         with (
             Heartbeats(self.study._storage, interval or 10) as beats,
-            MirrorQueue(self.tracker) as self.queue,
+            MirrorQueue(self.tracker, apart=True) as self.queue,
         ):
             while timeout is None or time.monotonic() - started < timeout:
                 with warnings.catch_warnings():

@@ -81,9 +81,13 @@ class TrialTracker:
         """Make the trial's run match this snapshot: one try while it runs, patient once it
         has finished (then it counts as mirrored); the runs of the snapshots `alongside` are
         found or created with its. Called by `MirrorQueue`'s thread."""
-        finished = trial.state.is_finished()
-        self.mirror.sync(trial, patient=finished, alongside=alongside)
-        if finished:
+        self.mirror.sync(trial, patient=trial.state.is_finished(), alongside=alongside)
+        self.mirrored(trial)
+
+    def mirrored(self, trial: FrozenTrial) -> None:
+        """The trial's run matches this snapshot (here or in the mirror's child process): once
+        the trial has finished, it counts as mirrored."""
+        if trial.state.is_finished():
             self.synced.add(trial._trial_id)
 
     def _count(self, trial: FrozenTrial) -> None:
