@@ -27,7 +27,7 @@ lint: $(STAMP)
 TEST_WORKERS ?= 4
 
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15
 
 sweep: $(STAMP)
 	$(BIN)/python -m experiments.sweep $(ARGS)

@@ -17,6 +17,7 @@ queue's drain included (the loop returns only once every run matches its trial).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -92,6 +93,18 @@ def one_run(context: Context, code: Path, version: str, index: int) -> dict[str,
     return row
 
 
+def statement_counts(row: pd.Series) -> str:
+    """ "Optuna / MLflow" statements per trial; MLflow's are not seen where a child process of
+    the worker writes them (`experiments.mirror_process`)."""
+    optuna_count, mlflow_count = (
+        row.get(f"{s}_statements", math.nan) for s in ("optuna", "mlflow")
+    )
+    mlflow_text = (
+        "made in the mirror's process" if math.isnan(mlflow_count) else f"{mlflow_count:.0f}"
+    )
+    return f"{optuna_count:.0f} / {mlflow_text}"
+
+
 def run_order(rounds: int) -> list[str]:
     order: list[str] = []
     for round_index in range(rounds):
@@ -138,13 +151,10 @@ def run(context: Context) -> SectionResult:
         f"after = this code, alternated ({' '.join(run_order(settings.bookkeeping_rounds))}), "
         f"medians, ms per trial on the main thread. **Bookkeeping {before:.0f} → {after:.0f} ms "
         f"per trial** ({before / after:.1f}× less; load average {load_text}). The CPU it "
-        f"costs, on every thread (the MLflow queue's included): {cpu_before:.0f} → "
-        f"{cpu_after:.0f} ms per trial. SQL statements per trial, Optuna / MLflow: "
-        + " → ".join(
-            f"{indexed.loc[v].get('optuna_statements', float('nan')):.0f} / "
-            f"{indexed.loc[v].get('mlflow_statements', float('nan')):.0f}"
-            for v in ("before", "after")
-        )
+        f"costs, on every thread and in the mirror's process (the MLflow queue's included): "
+        f"{cpu_before:.0f} → {cpu_after:.0f} ms per trial. SQL statements per trial in the "
+        "worker's process, Optuna / MLflow: "
+        + " → ".join(statement_counts(indexed.loc[v]) for v in ("before", "after"))
         + "."
     )
     result.tables += [

@@ -119,11 +119,12 @@ class SweepConfig:
     little memory and no start-up (README: summed PSS 1.04 GB with 1, 2 or 4). Each gets
     max(1, cores // workers) torch threads (or --threads if given), so the cores are not
     oversubscribed. 0 (auto): one per usable CPU core on the CPU, at most --n-trials; 1 on
-    CUDA and MPS (one device). Why: on 2 cores, 100 random trials x 10 epochs ran 1.71x
-    as fast with 2 workers as with 1 (benchmarks.sweep_workers; the hardware's two-process
-    matmul ratio was 1.96x), and a population trains on one thread, so a single worker leaves
-    the other core idle. With a core busy elsewhere, one-thread workers lose no more than one
-    worker would (README, "Several workers")."""
+    CUDA and MPS (one device). Why: on 2 cores, 100 random trials x 10 epochs ran 1.67-1.71x
+    as fast with 2 workers as with 1 (benchmarks.sweep_workers, an AMD and an Intel VM; the
+    hardware's two-process matmul ratio was 1.96-1.98x), and a population trains on one
+    thread, so a single worker leaves the other core to its MLflow writes and little else.
+    With a core busy elsewhere, one-thread workers lose no more than one worker would
+    (README, "Several workers")."""
 
     worker_id: int = 0
     """Number of the first worker started by this command: it seeds that worker's sampler and is
