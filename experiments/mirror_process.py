@@ -27,7 +27,6 @@ time: the queue's thread syncs in-process from then on, and every sync is idempo
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import pickle
@@ -35,15 +34,14 @@ import select
 import signal
 import struct
 import sys
-import traceback
 from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
 
 from experiments.mirror import Mirror, TrackingUnavailable
-from experiments.workers import flush_quietly
+from experiments.plot_process import fork_child
+from experiments.workers import stop_with_parent
 
-PR_SET_PDEATHSIG = 1
 HEADER = struct.Struct("!I")
 """Each message on a pipe: its pickle's length, then the pickle."""
 
@@ -96,19 +94,8 @@ class MirrorApart:
         request_read, request_write = os.pipe()
         answer_read, answer_write = os.pipe()
         stop_read, stop_write = os.pipe()
-        flush_quietly()  # nothing buffered here is written twice by the child
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                for fd in (request_write, answer_read, stop_write):
-                    os.close(fd)
-                code = serve(mirror, request_read, answer_write, stop_read)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                flush_quietly()
-                os._exit(code)
+        ours = (answer_read, stop_write)  # closed in the child, with request_write
+        pid = fork_child(request_write, serve, mirror, request_read, answer_write, stop_read, ours)
         for fd in (request_read, answer_write, stop_read):
             os.close(fd)
         return cls(pid, request_write, answer_read, stop_write)
@@ -146,12 +133,16 @@ class MirrorApart:
             os.close(self.answers)
 
 
-def serve(mirror: Mirror, requests: int, answers: int, stop: int) -> int:
-    """In the child: sync what is asked until end of file on `requests`; exit code 0."""
+def serve(
+    mirror: Mirror, requests: int, answers: int, stop: int, parents_fds: Sequence[int]
+) -> int:
+    """In the child (`fork_child`): sync what is asked until end of file on `requests`; exit
+    code 0. `parents_fds` are the worker's ends of the pipes, closed here."""
+    for fd in parents_fds:
+        os.close(fd)
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # the worker decides, then closes the queue
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    stop_with_parent(signal.SIGKILL)  # ignoring SIGTERM, it needs a signal it cannot ignore
     if os.getppid() == 1:
         return 0  # the worker died before the line above took effect
     fresh_connections(mirror)

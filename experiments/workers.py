@@ -111,12 +111,12 @@ class WorkerProcess:
         return own[0] if own else "no report"
 
 
-def stop_with_parent() -> None:
-    """Linux: have the kernel send this process SIGTERM when its parent dies, kill -9 included,
-    so no worker goes on running trials for a command that is gone."""
+def stop_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Linux: have the kernel send this process `signum` when its parent dies, kill -9
+    included, so no worker goes on running trials for a command that is gone."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(PR_SET_PDEATHSIG, signum)
 
 
 def fork_worker(
