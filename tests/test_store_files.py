@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import mlflow
 import pytest
 import sqlalchemy
 from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
@@ -72,6 +73,36 @@ def test_a_half_built_mlflow_store_is_refused_with_how_to_recover(tmp_path, caps
     err = capsys.readouterr().err
     assert f"{path} holds an incomplete MLflow schema" in err and "move it away" in err
     assert not (tmp_path / "o.db").exists() and not (tmp_path / "data").exists()
+
+
+def test_mlflow_head_revision_is_read_once_per_machine_and_kept_whole(tmp_path, monkeypatch):
+    """The head revision comes from the machine's cache folder once found there (Alembic's
+    search imports every migration script); a cache folder that cannot be written still gets
+    the real revision, and nothing half-written is left."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    import experiments.store_files as store_files
+
+    head = _get_latest_schema_revision()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store_files._mlflow_head_revision.cache_clear()
+    assert store_files._mlflow_head_revision() == head
+    (kept,) = (tmp_path / "cache" / "softmaxreg").glob("mlflow-head-revision-*.txt")
+    assert kept.read_text() == head and mlflow.__version__ in kept.name
+    # What is kept is what a later process uses (a revision only the cache can have said).
+    kept.write_text("0000cafe0000")
+    store_files._mlflow_head_revision.cache_clear()
+    assert store_files._mlflow_head_revision() == "0000cafe0000"
+    # A cache "folder" that is a file (no folder can be made there, even by root).
+    kept.unlink()
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    store_files._mlflow_head_revision.cache_clear()
+    try:
+        assert store_files._mlflow_head_revision() == head
+    finally:
+        store_files._mlflow_head_revision.cache_clear()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cache", "not-a-folder", "softmaxreg"]
 
 
 @pytest.fixture
