@@ -10,9 +10,11 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna.importance  # noqa: F401  (see below)
 import pytest
 import torch
 
+import experiments.plots  # noqa: F401
 from experiments.third_party_warnings import KNOWN_WARNINGS
 from softmaxreg.data import (
     DATASETS,
@@ -26,6 +28,11 @@ from softmaxreg.data import (
 from softmaxreg.synthetic import make_synthetic_splits
 from tests.services import copy_mlflow_db
 
+# optuna.importance and experiments.plots, imported above once per test process: a sweep run
+# in-process here draws its study's plots in a forked child, which would otherwise import
+# matplotlib, Optuna's plots and scikit-learn (fANOVA's importances) again every time: 1.5 s of
+# CPU a sweep, most of what an in-process sweep costs. The sweep command's plot server imports
+# them once before it draws, as here.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEST_DATA_ENV_VAR = "SOFTMAXREG_TEST_DATA"
 TEST_DATA = Path(os.environ.get(TEST_DATA_ENV_VAR) or Path.home() / ".cache" / "softmaxreg")
