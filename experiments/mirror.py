@@ -34,9 +34,7 @@ import math
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -52,28 +50,25 @@ from mlflow.protos.databricks_pb2 import (
     UNAUTHENTICATED,
     ErrorCode,
 )
-from optuna.exceptions import ExperimentalWarning
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
+from experiments.mirror_reconcile import ReconcileReport, reconcile_study_runs
 from experiments.mirror_sqlite import relax_durability
 from experiments.mirror_sync import sync_trial
 from experiments.model_registry import ensure_best_model
 from experiments.run_record import (
-    DIGEST_TAG,
-    RUN_STATUS_OF_STATE,
     as_tags,
-    record_digest,
 )
 from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
 from experiments.stores import CREDENTIAL_VARIABLES, sqlite_file
-from experiments.study import fail_unbeaten_trials, study_lock_name
 from experiments.tracking import (
     ROLE_TAG,
     STUDY_UUID_TAG,
     TRIAL_NUMBER_TAG,
+    get_or_create_experiment,
     log_batch_in_chunks,
     search_study_runs,
 )
@@ -88,26 +83,10 @@ NOT_TRANSIENT = {
 # another user's experiment) will not change its mind in a minute: stop now, not after a wait.
 REFUSED = {ErrorCode.Name(code) for code in (UNAUTHENTICATED, PERMISSION_DENIED)}
 RETRY_PAUSE_SECONDS = 2.0
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
-"""MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
 
 
 class TrackingUnavailable(StoreFault):
     """The tracking store stayed unreachable for the whole wait."""
-
-
-@dataclass
-class ReconcileReport:
-    """What one `reconcile` found and did."""
-
-    trials: int
-    synced: int
-    duplicates_removed: int
-
-    @property
-    def mismatches(self) -> int:
-        return self.synced + self.duplicates_removed
 
 
 class Mirror:
@@ -227,27 +206,8 @@ class Mirror:
 
     def _experiment_id(self) -> str:
         if self.experiment_id is None:
-            self.experiment_id = self.call(self._get_or_create_experiment)
+            self.experiment_id = self.call(get_or_create_experiment, self.client, self.study_name)
         return self.experiment_id
-
-    def _get_or_create_experiment(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.study_name)
-        if experiment is None:
-            try:
-                tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
-                return self.client.create_experiment(self.study_name, tags=tags)
-            except MlflowException as error:  # another worker created it a moment ago
-                if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-                    raise
-                experiment = self.client.get_experiment_by_name(self.study_name)
-        if experiment.lifecycle_stage == LifecycleStage.DELETED:
-            # A deleted experiment keeps its name reserved; bring it back rather than fail.
-            self.client.restore_experiment(experiment.experiment_id)
-        if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-            self.client.set_experiment_tag(
-                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-            )
-        return experiment.experiment_id
 
     def ensure_parent_run(
         self, study: optuna.Study, tags: Mapping[str, str], *, reopen: bool = True
@@ -327,51 +287,12 @@ class Mirror:
     def reconcile(self, study: optuna.Study) -> ReconcileReport:
         """Every finished trial gets exactly one run matching its record; stale trials are
         failed first, and live workers' running trials are left to them."""
-        with store_lock(self.stores.optuna_url, study_lock_name(self.study_name)):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)  # we rely on it anyway
-                optuna.storages.fail_stale_trials(study)
-            fail_unbeaten_trials(study, self.stores.optuna_url)
-            trials = study.get_trials(deepcopy=False)
-            runs = self._study_runs()
-            removed = 0
-            for copies in runs.values():
-                for duplicate in copies[1:]:  # keep the oldest: the one every worker found
-                    self.call(self.client.delete_run, duplicate.info.run_id)
-                    removed += 1
-            # The runs as found now: one this mirror wrote and someone deleted since is
-            # forgotten (what it sent there with it), so that its trial gets a new one.
-            self._run_ids = {number: copies[0].info.run_id for number, copies in runs.items()}
-        repairs = []
-        for trial in trials:
-            # A trial still RUNNING once the stale ones are failed belongs to a live worker,
-            # which mirrors it when it ends. Synced from this snapshot it could land after that
-            # worker's last write and turn its finished run back to RUNNING.
-            if trial.state in (TrialState.WAITING, TrialState.RUNNING):
-                continue
-            run = (runs.get(trial.number) or [None])[0]
-            if run is None or not _matches(run, trial):
-                if run is not None:
-                    self._sent.pop(run.info.run_id, None)  # repair from scratch: send everything
-                repairs.append(trial)
-        for trial in repairs:  # the missing runs are all created by the first sync
-            self.sync(trial, alongside=repairs)
-        synced = len(repairs)
-        if self._parent_closed() and self.ensure_best_model(study) is not None:
-            synced += 1  # the model was missing: a repair
-        return ReconcileReport(trials=len(trials), synced=synced, duplicates_removed=removed)
+        return reconcile_study_runs(self, study)
 
-    def _parent_closed(self) -> bool:
+    def parent_closed(self) -> bool:
         """While workers run (parent RUNNING) the best trial may still change: no model yet."""
         parent = self.call(self.client.get_run, self.parent_run_id)
         return parent.info.status != "RUNNING"
-
-
-def _matches(run, trial: FrozenTrial) -> bool:
-    return (
-        run.data.tags.get(DIGEST_TAG) == record_digest(trial)
-        and run.info.status == RUN_STATUS_OF_STATE[trial.state]
-    )
 
 
 def _transient(error: Exception) -> bool:

@@ -16,6 +16,9 @@ import mlflow
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
@@ -112,3 +115,27 @@ def search_trial_runs(tracking_uri: str, experiment_name: str, study_uuid: str) 
             filter_string=_trial_filter(study_uuid),
             output_format="pandas",
         )
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+"""MLflow's UI files an experiment with this tag under "Machine learning" (runs, not traces)."""
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of the experiment `name`: created if missing (another worker may create it at
+    the same moment), restored if deleted, tagged as a model-development experiment."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as error:  # another worker created it a moment ago
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            experiment = client.get_experiment_by_name(name)
+    if experiment.lifecycle_stage == LifecycleStage.DELETED:
+        # A deleted experiment keeps its name reserved; bring it back rather than fail.
+        client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
