@@ -160,8 +160,8 @@ def open_loop(sweep, train_config, data, log):
     which would repair what the queue left undone (tests/test_bookkeeping.py uses it too)."""
     from tqdm import tqdm
 
-    from experiments.config import Stores
     from experiments.objective import Objective
+    from experiments.store_urls import Stores
     from experiments.trial_tracker import TrialTracker
     from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror
     from softmaxreg.config import DataConfig

@@ -47,8 +47,9 @@ class TrackedStudy:
 
 
 def open_tracked_study(config: TrainConfig, context: Context) -> TrackedStudy:
-    from experiments.config import Stores, SweepConfig
+    from experiments.config import SweepConfig
     from experiments.objective import Objective
+    from experiments.store_urls import Stores
     from experiments.trial_tracker import TrialTracker
     from experiments.worker import environment_tags, fixed_settings, open_study_and_mirror
 

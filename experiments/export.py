@@ -89,7 +89,7 @@ import optuna
 import pandas as pd
 
 from experiments.common import say
-from experiments.config import STUDY_NAME_PATTERN, normalise_tracking
+from experiments.config import STUDY_NAME_PATTERN
 from experiments.process_exit import exit_without_teardown
 from experiments.results import (
     best_per_batch_size,
@@ -98,6 +98,7 @@ from experiments.results import (
     write_csv_atomically,
     write_text_atomically,
 )
+from experiments.store_urls import normalise_tracking
 from experiments.stores import (
     DEFAULT_OPTUNA_STORAGE,
     DEFAULT_TRACKING_URI,

@@ -52,7 +52,6 @@ from mlflow.protos.databricks_pb2 import (
 )
 from optuna.trial import FrozenTrial
 
-from experiments.config import Stores
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
 from experiments.mirror_reconcile import ReconcileReport, reconcile_study_runs
@@ -63,6 +62,7 @@ from experiments.run_record import (
     as_tags,
 )
 from experiments.store_faults import StoreFault, raise_if_disk_full, store_where
+from experiments.store_urls import Stores
 from experiments.stores import CREDENTIAL_VARIABLES, sqlite_file
 from experiments.tracking import (
     ROLE_TAG,

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import optuna
 
 from experiments.common import say
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.locks import store_lock
 from experiments.mirror import Mirror
 from experiments.process_exit import exit_without_teardown
 from experiments.store_faults import is_store_failure, store_failure_line
+from experiments.store_urls import Stores
 from experiments.stores import (
     ServerRefused,
     StoreError,

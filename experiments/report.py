@@ -20,7 +20,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.model_registry import (
     best_trial_with_weights,
     refit_record,
@@ -32,6 +32,7 @@ from experiments.results import (
     write_csv_atomically,
     write_text_atomically,
 )
+from experiments.store_urls import Stores
 from experiments.stores import (
     DEFAULT_OPTUNA_STORAGE,
     DEFAULT_TRACKING_URI,

@@ -29,13 +29,14 @@ from dataclasses import dataclass, replace
 import optuna
 
 from experiments.common import say
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.mirror import Mirror
 from experiments.plot_process import PlotDrawing, study_plots
 from experiments.refit import ensure_refit
 from experiments.refit_process import RefitApart
 from experiments.report import SweepOutcome, study_metrics, write_study_tables
 from experiments.store_faults import is_store_failure
+from experiments.store_urls import Stores
 from experiments.study import find_study
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits

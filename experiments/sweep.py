@@ -41,7 +41,7 @@ from dataclasses import fields, replace
 import torch
 
 from experiments.common import load_data_or_exit, say
-from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
+from experiments.config import SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import Terminated, install_signal_handlers
 from experiments.mirror import TrackingUnavailable
@@ -56,6 +56,7 @@ from experiments.store_faults import (
     store_failure_line,
 )
 from experiments.store_files import create_stores_or_exit
+from experiments.store_urls import Stores
 from experiments.stores import (
     ServerRefused,
     StoreError,

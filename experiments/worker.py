@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from experiments.common import say
-from experiments.config import Stores, SweepConfig, check_train_config, study_name_for
+from experiments.config import SweepConfig, check_train_config, study_name_for
 from experiments.finish_handoff import FinishHandoff
 from experiments.interrupts import GATE
 from experiments.locks import store_lock
@@ -38,6 +38,7 @@ from experiments.report import (
 )
 from experiments.results import best_per_batch_size, trials_table
 from experiments.store_faults import StorageWatch, is_store_failure
+from experiments.store_urls import Stores
 from experiments.stores import display_url
 from experiments.study import (
     OPTUNA_SCHEMA_LOCK,

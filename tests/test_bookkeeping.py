@@ -21,10 +21,11 @@ from optuna.trial import TrialState
 
 from benchmarks.bookkeeping_probe import open_loop as probe_loop
 from experiments import trial_records
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.mirror import Mirror
 from experiments.objective import EPOCH_FIGURES, SUMMARY_FIGURES
 from experiments.reconcile import reconcile_study
+from experiments.store_urls import Stores
 from experiments.study import open_storage
 from experiments.trial_loop import run_trials
 from experiments.weights import WEIGHTS_ATTR

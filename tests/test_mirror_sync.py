@@ -18,11 +18,12 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.mirror import Mirror
 from experiments.mirror_queue import MirrorQueue
 from experiments.mirror_sync import find_or_create_runs
 from experiments.run_record import as_tags, trial_run_name, trial_tags
+from experiments.store_urls import Stores
 from experiments.trial_tracker import TrialTracker
 from tests.test_sweep import child_runs
 

@@ -18,10 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from experiments.config import Stores
 from experiments.interrupts import GATE, install_signal_handlers
 from experiments.population_trials import on_epoch_end, on_member_epoch
 from experiments.report import format_report
+from experiments.store_urls import Stores
 from experiments.sweep import main
 from experiments.worker import run_sweep
 from softmaxreg.config import ConfigError, DataConfig, TrainConfig

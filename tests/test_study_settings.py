@@ -7,7 +7,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from experiments.config import Stores
+from experiments.store_urls import Stores
 from experiments.study import SweepError, open_or_create_study, open_storage
 from experiments.study_settings import DataIdentity
 from experiments.sweep import check_before_start, main, parse_args

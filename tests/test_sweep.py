@@ -26,13 +26,14 @@ import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState, create_trial
 
-from experiments.config import Stores, SweepConfig
+from experiments.config import SweepConfig
 from experiments.export import main as export_main
 from experiments.interrupts import install_signal_handlers
 from experiments.mirror import Mirror
 from experiments.objective import WORKER_LOST_REASON
 from experiments.reconcile import reconcile_study
 from experiments.results import best_per_batch_size, best_per_batch_size_markdown
+from experiments.store_urls import Stores
 from experiments.study import SameBatchSizeMedianPruner, open_storage
 from experiments.sweep import build_parser, main
 from experiments.worker import run_sweep
