@@ -325,7 +325,7 @@ QUICK = Settings(
 )
 
 # Every headline figure of the full run, at sizes for ~10 minutes here, with >= 3 rounds or seeds
-# per figure; per-section estimates in `benchmarks.runner.estimate_seconds`.
+# per figure; per-section estimates in `benchmarks.estimate.estimate_seconds`.
 STANDARD = dataclasses.replace(
     FULL,
     batch_sizes=(128, 256, 512, 1024, 4096),

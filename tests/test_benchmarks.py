@@ -20,9 +20,10 @@ from benchmarks.common import Spread, all_threads
 from benchmarks.compare import main as main_compare
 from benchmarks.config import QUICK, SECTIONS, STANDARD
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
+from benchmarks.estimate import estimate_seconds
 from benchmarks.population import QUICK as POPULATION_QUICK
 from benchmarks.report import ROUNDS_COLUMNS, format_cell, markdown_table
-from benchmarks.runner import estimate_seconds, main
+from benchmarks.runner import main
 from benchmarks.sweep_throughput import REFIT_MODEL, TRIAL_MODEL
 from benchmarks.time_to_accuracy import best_lrs, median_with_misses
 from softmaxreg.config import LR_SCHEDULE_CHOICES
@@ -417,16 +418,16 @@ def test_fashion_mnist_that_cannot_be_loaded_skips_its_section_with_the_reason(m
     """Offline without a local copy, only the Fashion-MNIST section is skipped, not the run."""
     from types import SimpleNamespace
 
-    from benchmarks import fashion_mnist, runner
+    from benchmarks import fashion_mnist, suite_data
     from benchmarks.common import NotMeasured
     from softmaxreg.data import DataError
 
     def offline(name, *args, **kwargs):
         raise DataError(f"{name}: no source worked (offline)")
 
-    monkeypatch.setattr(runner, "load_splits", offline)
+    monkeypatch.setattr(suite_data, "load_splits", offline)
     logged: list[str] = []
-    reason = runner.load_fashion(None, torch.device("cpu"), logged.append)
+    reason = suite_data.load_fashion(None, torch.device("cpu"), logged.append)
     assert isinstance(reason, str) and reason.startswith("skipped: ")
     assert "fashion_mnist: no source worked (offline)" in reason and logged
     with pytest.raises(NotMeasured, match=r"^skipped: Fashion-MNIST could not be loaded"):
