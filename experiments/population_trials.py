@@ -48,6 +48,12 @@ from experiments.heartbeats import Heartbeats
 from experiments.interrupts import GATE
 from experiments.mirror_queue import MirrorQueue
 from experiments.objective import EpochRecorder, Objective
+from experiments.pass_batch_size import (
+    fix_batch_size,
+    leading_run,
+    least_tried_batch_size,
+    queued_batch_sizes,
+)
 from experiments.pass_sampler import Point, Presampled, ask_point, sample_points
 from experiments.store_faults import is_store_failure
 from experiments.trial_budget import TrialBudget
@@ -302,44 +308,6 @@ def on_member_epoch(recorder: EpochRecorder, seed_index: int, metrics: EpochMetr
 
 def on_epoch_end(_epoch: int) -> None:
     GATE.release()
-
-
-def fix_batch_size(batch_size: int, sampler: optuna.samplers.BaseSampler):
-    """`sampler` with the pass's batch size fixed."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)  # PartialFixedSampler's
-        return optuna.samplers.PartialFixedSampler({"batch_size": batch_size}, sampler)
-
-
-def least_tried_batch_size(trials: Sequence[FrozenTrial], batch_sizes: Sequence[int]) -> int:
-    """The batch size with the fewest of the study's `trials` (running ones and other workers'
-    included), the first listed on ties: passes take the batch sizes in turn, so each one gets
-    its learning rate searched, which is how batch sizes are compared (at their own best lr).
-    Left to the sampler, a whole pass follows one draw and a batch size could get none."""
-    counts = dict.fromkeys(batch_sizes, 0)
-    for trial in trials:
-        size = trial.params.get("batch_size")
-        if size in counts:
-            counts[size] += 1
-    return min(batch_sizes, key=lambda size: counts[size])
-
-
-def queued_batch_sizes(trials: Sequence[FrozenTrial]) -> list[int | None]:
-    """The fixed batch size of every WAITING trial of the study's `trials` (in trial order, the
-    order `study.ask` pops them; None where a queued trial leaves it to the sampler)."""
-    return [
-        trial.system_attrs.get("fixed_params", {}).get("batch_size")
-        for trial in trials
-        if trial.state == TrialState.WAITING
-    ]
-
-
-def leading_run(values: Sequence[object]) -> int:
-    """How many values at the start of `values` equal the first (0 when empty)."""
-    run = 0
-    while run < len(values) and values[run] == values[0]:
-        run += 1
-    return run
 
 
 def by_batch_size(members: list[Member]) -> list[list[Member]]:
