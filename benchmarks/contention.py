@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks.common import Check, Context, SectionResult, Table, torch_threads
-from benchmarks.tutorial_speed import TutorialNet, tutorial_loaders
+from benchmarks.tutorial_pipeline import TutorialNet, tutorial_loaders
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.population import train_population

@@ -16,95 +16,18 @@ rounds; medians are compared. Because the sample counts differ, two ratios are r
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torchvision import datasets, transforms
 
 from benchmarks.common import Check, Context, SectionResult, Spread, Table, torch_threads
+from benchmarks.tutorial_pipeline import BATCH_SIZE, LR, tutorial_epoch, tutorial_loaders
 from softmaxreg.config import TrainConfig
-from softmaxreg.device import synchronize
 from softmaxreg.trainer import train
 
 TARGET_SPEEDUP = 50.0
-BATCH_SIZE = 100
-LR = 0.1
-
-
-class TutorialNet(nn.Module):
-    """The tutorial's model, verbatim: softmax in forward (CrossEntropyLoss applies another)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(784, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.linear(x.view(-1, 784)), dim=1)
-
-
-def tutorial_loaders(
-    root: str, mean: float, std: float, n_train: int, n_test: int
-) -> tuple[DataLoader, DataLoader]:
-    """The tutorial's datasets and loaders over the MNIST raw files under `root`.
-
-    Only when the suite works on a slice of the data (quick mode) does the tutorial read the same
-    number of images, through a `Subset`; otherwise its datasets are used whole, as written.
-    """
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((mean,), (std,))])
-    train_set = datasets.MNIST(root, train=True, transform=transform, download=False)
-    test_set = datasets.MNIST(root, train=False, transform=transform, download=False)
-    if n_train < len(train_set):
-        train_set = Subset(train_set, range(n_train))
-    if n_test < len(test_set):
-        test_set = Subset(test_set, range(n_test))
-    train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
-    test_loader = DataLoader(test_set, batch_size=BATCH_SIZE, shuffle=False)
-    return train_loader, test_loader
-
-
-def tutorial_epoch(
-    train_loader: DataLoader, test_loader: DataLoader, device: torch.device, seed: int
-) -> dict[str, float]:
-    """One training epoch and one test pass exactly as the tutorial writes them, timed."""
-    with torch.random.fork_rng(devices=[]):  # the tutorial seeds globally; keep ours untouched
-        torch.manual_seed(seed)
-        model = TutorialNet().to(device)
-        criterion = nn.CrossEntropyLoss()
-        optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-
-        synchronize(device)
-        start = time.perf_counter()
-        for images, labels in train_loader:
-            images, labels = images.to(device), labels.to(device)
-            optimizer.zero_grad()
-            outputs = model(images)
-            loss = criterion(outputs, labels)
-            loss.backward()
-            optimizer.step()
-        synchronize(device)
-        train_seconds = time.perf_counter() - start
-
-        start = time.perf_counter()
-        correct = total = 0
-        with torch.no_grad():
-            for images, labels in test_loader:
-                images, labels = images.to(device), labels.to(device)
-                outputs = model(images)
-                _, predicted = torch.max(outputs.data, 1)
-                total += labels.size(0)
-                correct += (predicted == labels).sum().item()
-        synchronize(device)
-        eval_seconds = time.perf_counter() - start
-    return {
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "train_samples": len(train_loader.dataset),
-        "eval_samples": total,
-        "test_accuracy": correct / total,
-    }
 
 
 def trainer_epoch(context: Context, seed: int) -> dict[str, float]:
@@ -137,18 +60,9 @@ def thread_counts() -> list[int]:
     return [current] if current == 1 else [current, 1]
 
 
-def run(context: Context) -> SectionResult:
-    rounds = context.settings.tutorial_rounds
-    data = context.mnist
-    train_loader, test_loader = tutorial_loaders(
-        str(context.mnist_root),
-        data.mean,
-        data.std,
-        n_train=data.train_x.shape[0] + data.val_x.shape[0],
-        n_test=data.test_x.shape[0],
-    )
-    # Untimed warm-up of both code paths in this process (first-call costs of the DataLoader,
-    # PIL transforms, autograd and the trainer's kernels), as the tutorial's dataset loading is.
+def warm_up(context: Context, train_loader: DataLoader, test_loader: DataLoader) -> None:
+    """Untimed warm-up of both code paths in this process (first-call costs of the DataLoader,
+    PIL transforms, autograd and the trainer's kernels), as the tutorial's dataset loading is."""
     context.progress.line("  tutorial_speed: warm-up (untimed)")
     warm_train, warm_test = (
         DataLoader(Subset(loader.dataset, range(min(1000, len(loader.dataset)))), BATCH_SIZE)
@@ -159,6 +73,11 @@ def run(context: Context) -> SectionResult:
             tutorial_epoch(warm_train, warm_test, context.device, seed=0)
             trainer_epoch(context, seed=0)
 
+
+def measure(
+    context: Context, train_loader: DataLoader, test_loader: DataLoader, rounds: int
+) -> pd.DataFrame:
+    """One epoch of each pipeline per round and thread count, who goes first alternating."""
     rows: list[dict[str, object]] = []
     for round_number in range(1, rounds + 1):
         for threads in thread_counts():
@@ -186,114 +105,187 @@ def run(context: Context) -> SectionResult:
                         "total_seconds": total,
                     }
                 )
-    frame = pd.DataFrame(rows)
-    first = {p: frame[frame.pipeline == p].iloc[0] for p in ("tutorial", "trainer")}
-    train_scale = first["tutorial"].train_samples / first["trainer"].train_samples
-    eval_scale = first["tutorial"].eval_samples / first["trainer"].eval_samples
+    return pd.DataFrame(rows)
 
-    result = SectionResult(key="tutorial_speed", title="Tutorial pipeline vs trainer, bs 100")
+
+@dataclass
+class Scales:
+    """The trainer's sample counts scaled to the tutorial's (it trains on the training split
+    less validation, and evaluates validation + test): first rounds' counts."""
+
+    first: dict[str, pd.Series]
+    train: float
+    eval: float
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> Scales:
+        first = {p: frame[frame.pipeline == p].iloc[0] for p in ("tutorial", "trainer")}
+        return cls(
+            first=first,
+            train=first["tutorial"].train_samples / first["trainer"].train_samples,
+            eval=first["tutorial"].eval_samples / first["trainer"].eval_samples,
+        )
+
+
+COLUMNS = ("train_seconds", "eval_seconds", "total_seconds")
+
+
+@dataclass
+class Comparison:
+    """Both pipelines' median epochs at one thread count, and the ratios between them."""
+
+    threads: int
+    tutorial: dict[str, float]
+    trainer: dict[str, float]
+    trainer_per_sample: float
+    raw_ratio: float
+    per_sample_ratio: float
+    train_only_ratio: float
+
+    @classmethod
+    def at(cls, frame: pd.DataFrame, threads: int, scales: Scales) -> Comparison:
+        at = frame[frame.threads == threads]
+        tut, ours = (
+            {c: Spread.of(at.loc[at.pipeline == p, c].tolist()).median for c in COLUMNS}
+            for p in ("tutorial", "trainer")
+        )
+        per_sample = ours["train_seconds"] * scales.train + ours["eval_seconds"] * scales.eval
+        return cls(
+            threads=threads,
+            tutorial=tut,
+            trainer=ours,
+            trainer_per_sample=per_sample,
+            raw_ratio=tut["total_seconds"] / ours["total_seconds"],
+            per_sample_ratio=tut["total_seconds"] / per_sample,
+            train_only_ratio=tut["train_seconds"] / (ours["train_seconds"] * scales.train),
+        )
+
+    @property
+    def headline(self) -> float:
+        return min(self.raw_ratio, self.per_sample_ratio)
+
+
+def summary_rows(frame: pd.DataFrame, comparison: Comparison, scales: Scales) -> list[dict]:
+    at = frame[frame.threads == comparison.threads]
+    rows = []
+    for pipeline, figures, normalised in (
+        ("tutorial (DataLoader + ToTensor + Normalize)", comparison.tutorial,
+         comparison.tutorial["total_seconds"]),
+        ("softmaxreg.trainer", comparison.trainer, comparison.trainer_per_sample),
+    ):  # fmt: skip
+        key = "tutorial" if pipeline.startswith("tutorial") else "trainer"
+        spread = Spread.of(at.loc[at.pipeline == key, "total_seconds"].tolist())
+        rows.append(
+            {
+                "threads": comparison.threads,
+                "pipeline": pipeline,
+                "train_samples": int(scales.first[key].train_samples),
+                "eval_samples": int(scales.first[key].eval_samples),
+                "median_train_seconds": figures["train_seconds"],
+                "median_eval_seconds": figures["eval_seconds"],
+                "median_total_seconds": figures["total_seconds"],
+                "min_total_seconds": spread.minimum,
+                "max_total_seconds": spread.maximum,
+                "total_seconds_per_sample_normalised": normalised,
+            }
+        )
+    return rows
+
+
+def ratio_rows(comparison: Comparison) -> list[dict]:
+    threads = comparison.threads
+    return [
+        {"threads": threads, "ratio": "raw: tutorial total / trainer total",
+         "value": comparison.raw_ratio},
+        {"threads": threads,
+         "ratio": "per-sample: tutorial total / trainer total scaled to the tutorial's "
+         "sample counts",
+         "value": comparison.per_sample_ratio},
+        {"threads": threads, "ratio": "training pass only, per-sample",
+         "value": comparison.train_only_ratio},
+    ]  # fmt: skip
+
+
+def report(result: SectionResult, comparison: Comparison) -> None:
+    """One thread count's metrics, sentence and check."""
+    tut, ours = comparison.tutorial, comparison.trainer
+    raw, per_sample = comparison.raw_ratio, comparison.per_sample_ratio
+    suffix = f"_threads{comparison.threads}"
+    result.metrics |= {
+        f"tutorial_total_seconds{suffix}": tut["total_seconds"],
+        f"trainer_total_seconds{suffix}": ours["total_seconds"],
+        f"trainer_train_seconds{suffix}": ours["train_seconds"],
+        f"speedup_raw{suffix}": raw,
+        f"speedup_per_sample{suffix}": per_sample,
+        f"speedup_train_only_per_sample{suffix}": comparison.train_only_ratio,
+    }
     result.text.append(
+        f"**{comparison.threads} thread(s): {raw:.0f}× raw, {per_sample:.0f}× per-sample** "
+        f"(tutorial {tut['total_seconds']:.2f} s, trainer {ours['total_seconds']:.3f} s per "
+        f"epoch, medians)."
+    )
+    result.checks.append(
+        Check(
+            figure=f"tutorial epoch / trainer epoch at bs 100, {comparison.threads} thread(s) "
+            "(min of raw and per-sample)",
+            value=comparison.headline,
+            target=f">= {TARGET_SPEEDUP:.0f}x",
+            met=comparison.headline >= TARGET_SPEEDUP,
+            note=f"raw {raw:.1f}x, per-sample {per_sample:.1f}x",
+        )
+    )
+
+
+def method(context: Context, scales: Scales, rounds: int) -> str:
+    tutorial, trainer = scales.first["tutorial"], scales.first["trainer"]
+    return (
         f"One epoch of the classic tutorial's pipeline (torchvision `MNIST` + "
         f"`Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])`, `DataLoader(batch_size=100, "
-        f"shuffle=True)` over the {int(first['tutorial'].train_samples):,} training images, "
+        f"shuffle=True)` over the {int(tutorial.train_samples):,} training images, "
         f"`nn.Linear(784, 10)` with softmax in forward, `CrossEntropyLoss`, `SGD(lr=0.1)`, then "
-        f"the test pass over {int(first['tutorial'].eval_samples):,} images) against one epoch "
+        f"the test pass over {int(tutorial.eval_samples):,} images) against one epoch "
         f"of `softmaxreg.trainer.train` at bs 100, lr 0.1 (its first epoch, warm-up included: "
-        f"`epoch_seconds` + `eval_seconds`, training on {int(first['trainer'].train_samples):,} "
-        f"and evaluating validation + test, {int(first['trainer'].eval_samples):,} images). "
+        f"`epoch_seconds` + `eval_seconds`, training on {int(trainer.train_samples):,} "
+        f"and evaluating validation + test, {int(trainer.eval_samples):,} images). "
         f"Same raw files, same process, same device ({context.device}); both pipelines at the "
         f"same thread count, first the default ({thread_counts()[0]}) and then 1; {rounds} "
         f"alternating round(s), after an untimed warm-up of both; medians compared. Two ratios: "
         f"raw (as measured) and per-sample (the trainer's training time scaled by "
-        f"{train_scale:.3f} to the tutorial's training-set size and its evaluation time by "
-        f"{eval_scale:.3f} to the tutorial's test-set size); the target (≥ "
+        f"{scales.train:.3f} to the tutorial's training-set size and its evaluation time by "
+        f"{scales.eval:.3f} to the tutorial's test-set size); the target (≥ "
         f"{TARGET_SPEEDUP:.0f}×) is checked on the smaller of the two."
     )
-    summary_rows, ratio_rows = [], []
+
+
+def run(context: Context) -> SectionResult:
+    rounds = context.settings.tutorial_rounds
+    data = context.mnist
+    train_loader, test_loader = tutorial_loaders(
+        str(context.mnist_root),
+        data.mean,
+        data.std,
+        n_train=data.train_x.shape[0] + data.val_x.shape[0],
+        n_test=data.test_x.shape[0],
+    )
+    warm_up(context, train_loader, test_loader)
+    frame = measure(context, train_loader, test_loader, rounds)
+    scales = Scales.of(frame)
+    result = SectionResult(key="tutorial_speed", title="Tutorial pipeline vs trainer, bs 100")
+    result.text.append(method(context, scales, rounds))
+    summaries, ratios = [], []
     for threads in thread_counts():
-        at = frame[frame.threads == threads]
-
-        def median(pipeline: str, column: str, at: pd.DataFrame = at) -> float:
-            return Spread.of(at.loc[at.pipeline == pipeline, column].tolist()).median
-
-        columns = ("train_seconds", "eval_seconds", "total_seconds")
-        tut = {c: median("tutorial", c) for c in columns}
-        ours = {c: median("trainer", c) for c in columns}
-        ours_per_sample = ours["train_seconds"] * train_scale + ours["eval_seconds"] * eval_scale
-        raw_ratio = tut["total_seconds"] / ours["total_seconds"]
-        per_sample_ratio = tut["total_seconds"] / ours_per_sample
-        train_only_ratio = tut["train_seconds"] / (ours["train_seconds"] * train_scale)
-        headline = min(raw_ratio, per_sample_ratio)
-        for pipeline, figures, normalised in (
-            ("tutorial (DataLoader + ToTensor + Normalize)", tut, tut["total_seconds"]),
-            ("softmaxreg.trainer", ours, ours_per_sample),
-        ):
-            key = "tutorial" if pipeline.startswith("tutorial") else "trainer"
-            spread = Spread.of(at.loc[at.pipeline == key, "total_seconds"].tolist())
-            summary_rows.append(
-                {
-                    "threads": threads,
-                    "pipeline": pipeline,
-                    "train_samples": int(first[key].train_samples),
-                    "eval_samples": int(first[key].eval_samples),
-                    "median_train_seconds": figures["train_seconds"],
-                    "median_eval_seconds": figures["eval_seconds"],
-                    "median_total_seconds": figures["total_seconds"],
-                    "min_total_seconds": spread.minimum,
-                    "max_total_seconds": spread.maximum,
-                    "total_seconds_per_sample_normalised": normalised,
-                }
-            )
-        ratio_rows += [
-            {
-                "threads": threads,
-                "ratio": "raw: tutorial total / trainer total",
-                "value": raw_ratio,
-            },
-            {
-                "threads": threads,
-                "ratio": "per-sample: tutorial total / trainer total scaled to the tutorial's "
-                "sample counts",
-                "value": per_sample_ratio,
-            },
-            {
-                "threads": threads,
-                "ratio": "training pass only, per-sample",
-                "value": train_only_ratio,
-            },
-        ]
-        suffix = f"_threads{threads}"
-        result.metrics |= {
-            f"tutorial_total_seconds{suffix}": tut["total_seconds"],
-            f"trainer_total_seconds{suffix}": ours["total_seconds"],
-            f"trainer_train_seconds{suffix}": ours["train_seconds"],
-            f"speedup_raw{suffix}": raw_ratio,
-            f"speedup_per_sample{suffix}": per_sample_ratio,
-            f"speedup_train_only_per_sample{suffix}": train_only_ratio,
-        }
-        result.text.append(
-            f"**{threads} thread(s): {raw_ratio:.0f}× raw, {per_sample_ratio:.0f}× per-sample** "
-            f"(tutorial {tut['total_seconds']:.2f} s, trainer {ours['total_seconds']:.3f} s per "
-            f"epoch, medians)."
-        )
-        result.checks.append(
-            Check(
-                figure=f"tutorial epoch / trainer epoch at bs 100, {threads} thread(s) (min of "
-                "raw and per-sample)",
-                value=headline,
-                target=f">= {TARGET_SPEEDUP:.0f}x",
-                met=headline >= TARGET_SPEEDUP,
-                note=f"raw {raw_ratio:.1f}x, per-sample {per_sample_ratio:.1f}x",
-            )
-        )
+        comparison = Comparison.at(frame, threads, scales)
+        summaries += summary_rows(frame, comparison, scales)
+        ratios += ratio_rows(comparison)
+        report(result, comparison)
     result.text.append(
         "The tutorial spends its epoch in single-threaded per-image PIL transforms, so its time "
         "hardly depends on the thread count; the trainer's multi-threaded steps are the more "
         "sensitive to anything else on the same CPUs. The rounds table has every measurement."
     )
     result.tables += [
-        Table("tutorial_vs_trainer", "Median epoch times (seconds)", pd.DataFrame(summary_rows)),
-        Table("tutorial_vs_trainer_ratios", "Speed-up ratios", pd.DataFrame(ratio_rows)),
+        Table("tutorial_vs_trainer", "Median epoch times (seconds)", pd.DataFrame(summaries)),
+        Table("tutorial_vs_trainer_ratios", "Speed-up ratios", pd.DataFrame(ratios)),
         Table("tutorial_vs_trainer_rounds", "Every round", frame, show=False),
     ]
     result.params = {

@@ -396,7 +396,7 @@ def test_markdown_table_formats_cells():
 def test_time_to_accuracy_plots_when_no_target_was_reached(tmp_path):
     from types import SimpleNamespace
 
-    from benchmarks.time_to_accuracy import plot
+    from benchmarks.time_to_accuracy_plots import plot
 
     sweep = pd.DataFrame(
         {"batch_size": [16, 16, 64], "lr": [0.1, 1.0, 0.1], "best_val_accuracy": [0.8, 0.7, 0.8]}
