@@ -38,9 +38,8 @@ from collections.abc import Sequence
 
 from optuna.trial import FrozenTrial
 
+from experiments.forking import fork_child, stop_with_parent
 from experiments.mirror import Mirror, TrackingUnavailable
-from experiments.plot_process import fork_child
-from experiments.workers import stop_with_parent
 
 HEADER = struct.Struct("!I")
 """Each message on a pipe: its pickle's length, then the pickle."""

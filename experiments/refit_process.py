@@ -32,8 +32,8 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from experiments.common import say
+from experiments.forking import fork_child
 from experiments.model_registry import best_trial_with_weights, refit_record
-from experiments.plot_process import fork_child
 from experiments.refit import ensure_refit, refit_trial, store_refit
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits

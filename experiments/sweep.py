@@ -26,6 +26,14 @@ running trial is stored as FAIL with the reason; run the same command again to r
 
 from __future__ import annotations
 
+from experiments.plot_server import PlotServer, fork_plot_server_early
+
+EARLY_PLOT_SERVER: PlotServer | None = fork_plot_server_early() if __name__ == "__main__" else None
+"""The command's plot server, forked before the imports below (torch and MLflow, ~2 s here) so
+that its own imports run on the core they leave idle (`experiments.plot_server`); `main` keeps
+it or stops it once the flags and the device are known. Not when imported: only the command
+forks first thing."""
+
 import argparse
 import contextlib
 import datetime
@@ -285,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The commit every record carries, read (and cached) before any child exists: forked
     # workers inherit it rather than each forking git twice, and no git runs beside them.
     git_commit()
-    prepare_plot_server(device)  # it imports matplotlib on the core this start leaves idle
+    prepare_plot_server(device, EARLY_PLOT_SERVER)  # its imports on the core left idle
     try:
         data = load_data_or_exit(data_config, device)  # once, before any worker: no race
         create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all

@@ -27,7 +27,6 @@ longer write to the closed pipe is dropped without a traceback.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import select
@@ -40,17 +39,8 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from experiments.config import SweepConfig
+from experiments.forking import flush_quietly, stop_with_parent, usable_cores
 from experiments.interrupts import SIGNAL_EXIT, install_signal_handlers
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (a container's or taskset's limit, not the host's)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def resolve_workers(sweep: SweepConfig, device: torch.device) -> int:
@@ -111,14 +101,6 @@ class WorkerProcess:
         return own[0] if own else "no report"
 
 
-def stop_with_parent(signum: int = signal.SIGTERM) -> None:
-    """Linux: have the kernel send this process `signum` when its parent dies, kill -9
-    included, so no worker goes on running trials for a command that is gone."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum)
-
-
 def fork_worker(
     sweep: SweepConfig, index: int, threads: int, run_worker: RunWorker
 ) -> WorkerProcess:
@@ -168,15 +150,6 @@ def worker_main(
         traceback.print_exc()
     flush_quietly()
     return code
-
-
-def flush_quietly() -> None:
-    """Flush stdout and stderr before os._exit; a closed pipe is not an error worth a trace."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (BrokenPipeError, OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 class _Forwarder:

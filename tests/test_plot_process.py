@@ -17,14 +17,14 @@ import torch
 from optuna.trial import TrialState
 
 from experiments import plot_process
+from experiments.forking import fork_child
 from experiments.plot_process import (
     PlotDrawing,
-    StudySnapshot,
     discard_plot_server,
-    fork_child,
     plots_apart,
     prepare_plot_server,
 )
+from experiments.plot_server import StudySnapshot
 from tests.test_plots import recorded_trial
 
 pytestmark = pytest.mark.skipif(
@@ -184,3 +184,45 @@ def test_a_drawing_is_redrawn_only_when_a_trial_ended_since_its_snapshot(study, 
     expected = PlotDrawing.start(StudySnapshot.of(study), tmp_path / "here", apart=False).wait()
     assert drawing.notes == expected
     assert sorted(drawn(tmp_path / "apart")) == sorted(drawn(tmp_path / "here"))
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+@pytest.mark.real_data
+def test_the_commands_plot_server_is_forked_before_its_imports_and_draws_its_plots(
+    real_mnist_root, tmp_path
+):
+    """`python -m experiments.sweep` forks its plot server first thing: the server imports the
+    plotting modules (matplotlib, scikit-learn) but never torch, which the command imports
+    after the fork; the study's plots are drawn, and nothing it imported warned or failed."""
+    from tests.services import wait_for
+    from tests.test_workers import finish, start, sweep_args
+
+    process = start(tmp_path, sweep_args(real_mnist_root, "--n-trials", "8", "--refit"))
+    servers: list[int] = []
+
+    def plot_server_found() -> bool:
+        if process.poll() is not None:
+            return True  # the command ended first: asserted below
+        try:
+            for pid in children_of(process.pid):
+                maps = Path(f"/proc/{pid}/maps").read_text()
+                if server_has_imported_the_plots(pid) and "libtorch" not in maps:
+                    servers.append(pid)
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a child that ended while looked at
+        return False
+
+    wait_for(plot_server_found, "the command's plot server")
+    code, _, err = finish(process)
+    assert code == 0, err
+    assert servers, "no child of the command imported the plots without torch"
+    artifacts = next((tmp_path / "mlruns").rglob("param_importances.png"))
+    assert artifacts.read_bytes()[:4] == b"\x89PNG"
+    assert "Traceback" not in err and "Warning" not in err, err
