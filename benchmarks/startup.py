@@ -110,8 +110,9 @@ class Memory:
     rss_mb: float
     processes: int
     """The most processes of the command's tree seen at once: the command, its workers and,
-    where plots are drawn apart, its plot server (`experiments.plot_process`), forked at the
-    start and drawing at the end."""
+    where plots are drawn apart, its plot server (`experiments.plot_server`), forked at the
+    start and drawing at the end. Python processes only: a helper a library runs for a few
+    milliseconds (`ldconfig -p` from ctypes' find_library, git) is neither counted nor summed."""
 
 
 def tree(pid: int) -> list[int]:
@@ -125,6 +126,19 @@ def tree(pid: int) -> list[int]:
         except OSError:
             continue
         queue += [int(child) for child in children]
+    return found
+
+
+def python_processes(pids: list[int]) -> list[int]:
+    """Those of `pids` running this Python (the command and what it forked)."""
+    this_python = os.path.realpath(sys.executable)
+    found = []
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == this_python:
+                found.append(pid)
+        except OSError:
+            continue  # gone since it was listed
     return found
 
 
@@ -155,7 +169,7 @@ def workers_memory(data_root: Path, scratch: Path, workers: int) -> Memory:
     )
     peak = Memory(0.0, 0.0, 0)
     while process.poll() is None:
-        pids = tree(process.pid)
+        pids = python_processes(tree(process.pid))
         sizes = [rollup_kb(pid) for pid in pids]
         pss, rss = sum(s[0] for s in sizes) / 1024, sum(s[1] for s in sizes) / 1024
         peak = Memory(max(pss, peak.pss_mb), max(rss, peak.rss_mb), max(len(pids), peak.processes))
