@@ -110,12 +110,12 @@ class SweepConfig:
     workers: int = 0
     """Worker processes on this machine, all running trials of the same study through its
     storage. They are forked once imports and data are loaded, so each extra worker costs
-    little memory and no start-up (README: summed PSS 1.04 GB with 1, 2 or 4). Each gets
+    little memory and no start-up (README: summed PSS 1.27 GB with 1, 1.35 with 2). Each gets
     max(1, cores // workers) torch threads (or --threads if given), so the cores are not
     oversubscribed. 0 (auto): one per usable CPU core on the CPU, at most --n-trials; 1 on
-    CUDA and MPS (one device). Why: on 2 cores, 100 random trials x 10 epochs ran 1.67-1.71x
+    CUDA and MPS (one device). Why: on 2 cores, 100 random trials x 10 epochs ran 1.59-1.74x
     as fast with 2 workers as with 1 (benchmarks.sweep_workers, an AMD and an Intel VM; the
-    hardware's two-process matmul ratio was 1.96-1.98x), and a population trains on one
+    hardware's two-process matmul ratio was 1.88-1.98x), and a population trains on one
     thread, so a single worker leaves the other core to its MLflow writes and little else.
     With a core busy elsewhere, one-thread workers lose no more than one worker would
     (README, "Several workers")."""
