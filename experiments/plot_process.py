@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -46,13 +45,19 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from experiments.forking import fork_child, usable_cores
-from experiments.plot_server import PlotServer, StudySnapshot, child_main, draw_plots
+from experiments.forking import fork_child
+from experiments.plot_server import (
+    PlotServer,
+    StudySnapshot,
+    child_main,
+    draw_plots,
+    forking_helps,
+)
 
 
 def plots_apart(device: torch.device) -> bool:
     """Whether a forked child may draw the plots beside the refit (see the module docstring)."""
-    return sys.platform.startswith("linux") and device.type == "cpu" and usable_cores() >= 2
+    return device.type == "cpu" and forking_helps()
 
 
 @contextmanager

@@ -136,10 +136,16 @@ def _server_main(request_fd: int, parents_notes_fd: int, notes_fd: int) -> int:
     return child_main(snapshot, Path(folder), notes_fd)
 
 
+def forking_helps() -> bool:
+    """Whether drawing in a forked child can gain anything here, whatever the device: on Linux
+    (a process that has initialised macOS's frameworks is not safe to fork) with two or more
+    usable cores (one core gains nothing). `experiments.plot_process.plots_apart` adds the
+    device."""
+    return sys.platform.startswith("linux") and usable_cores() >= 2
+
+
 def fork_plot_server_early() -> PlotServer | None:
     """A plot server forked before the sweep command's imports, where the plots may be drawn
-    apart at all (Linux, two usable cores; the device, checked later, may still refuse it:
+    apart at all (`forking_helps`; the device, checked later, may still refuse it:
     `experiments.plot_process.prepare_plot_server`)."""
-    if sys.platform.startswith("linux") and usable_cores() >= 2:
-        return PlotServer.fork()
-    return None
+    return PlotServer.fork() if forking_helps() else None
