@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks.common import Check, Context, SectionResult, Table, torch_threads
-from benchmarks.tutorial_pipeline import TutorialNet, tutorial_loaders
+from benchmarks.tutorial_pipeline import TutorialNet, loaders_over
 from softmaxreg.config import TrainConfig
 from softmaxreg.data import DataSplits
 from softmaxreg.population import train_population
@@ -233,13 +233,7 @@ def warm_up(context: Context, data: DataSplits, loaders: dict[int, DataLoader]) 
 def run(context: Context) -> SectionResult:
     settings = context.settings
     data = context.mnist
-    base_train, _ = tutorial_loaders(
-        str(context.mnist_root),
-        data.mean,
-        data.std,
-        n_train=data.train_x.shape[0] + data.val_x.shape[0],
-        n_test=data.test_x.shape[0],
-    )
+    base_train, _ = loaders_over(str(context.mnist_root), data)
     # The same number of examples for every pipeline: the first of each one's training set.
     examples = min(settings.contention_examples, data.train_x.shape[0])
     tutorial_set = Subset(base_train.dataset, range(examples))

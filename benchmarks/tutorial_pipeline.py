@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from softmaxreg.data import DataSplits
 from softmaxreg.device import synchronize
 
 BATCH_SIZE = 100
@@ -53,6 +54,18 @@ def tutorial_loaders(
     train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True)
     test_loader = DataLoader(test_set, batch_size=BATCH_SIZE, shuffle=False)
     return train_loader, test_loader
+
+
+def loaders_over(root: str, data: DataSplits) -> tuple[DataLoader, DataLoader]:
+    """The tutorial's loaders over as many images as the suite's `data` holds: its training and
+    validation splits (the tutorial trains on both) and its test split."""
+    return tutorial_loaders(
+        root,
+        data.mean,
+        data.std,
+        n_train=data.train_x.shape[0] + data.val_x.shape[0],
+        n_test=data.test_x.shape[0],
+    )
 
 
 def tutorial_epoch(

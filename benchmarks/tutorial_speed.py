@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from benchmarks.common import Check, Context, SectionResult, Spread, Table, torch_threads
-from benchmarks.tutorial_pipeline import BATCH_SIZE, LR, tutorial_epoch, tutorial_loaders
+from benchmarks.tutorial_pipeline import BATCH_SIZE, LR, loaders_over, tutorial_epoch
 from softmaxreg.config import TrainConfig
 from softmaxreg.trainer import train
 
@@ -259,14 +259,7 @@ def method(context: Context, scales: Scales, rounds: int) -> str:
 
 def run(context: Context) -> SectionResult:
     rounds = context.settings.tutorial_rounds
-    data = context.mnist
-    train_loader, test_loader = tutorial_loaders(
-        str(context.mnist_root),
-        data.mean,
-        data.std,
-        n_train=data.train_x.shape[0] + data.val_x.shape[0],
-        n_test=data.test_x.shape[0],
-    )
+    train_loader, test_loader = loaders_over(str(context.mnist_root), context.mnist)
     warm_up(context, train_loader, test_loader)
     frame = measure(context, train_loader, test_loader, rounds)
     scales = Scales.of(frame)
