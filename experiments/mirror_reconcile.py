@@ -2,12 +2,11 @@
 
     report = reconcile_study_runs(mirror, study)   # ReconcileReport(trials, synced, ...)
 
-Under the study lock: stale trials (a dead worker's) are failed, duplicate runs of one trial
-(two workers' creations racing an older version of this code) are deleted, keeping the oldest,
-which every worker found. Then every finished trial whose run is missing, stale (its record
-digest differs) or left with another status is synced from scratch, and a closed study's best
-model is registered if it is missing. Trials still RUNNING belong to live workers, which mirror
-them when they end.
+Under the study lock: stale trials (a dead worker's) are failed, and where one trial has
+several runs all but the oldest, the one every worker found, are deleted. Then every finished
+trial whose run is missing, stale (its record digest differs) or left with another status is
+synced from scratch, and a closed study's best model is registered if it is missing. Trials
+still RUNNING belong to live workers, which mirror them when they end.
 """
 
 from __future__ import annotations
