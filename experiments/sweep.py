@@ -57,6 +57,7 @@ from experiments.plot_process import discard_plot_server, prepare_plot_server
 from experiments.process_exit import exit_without_teardown
 from experiments.reconcile import reconcile_study
 from experiments.report import format_report, this_run_line
+from experiments.store_code import preload_store_code
 from experiments.store_faults import (
     StorageUnavailable,
     disk_full,
@@ -152,6 +153,7 @@ def run_coordinator(
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
     early = EarlyEnd(replace(sweep, study_name=name), train_config, data, stores)
+    preload_store_code(stores)  # once here, not in every worker after the fork
     status, summaries = run_workers(sweep, threads, run_worker, early)
     print("\n".join(summaries))
     try:
