@@ -4,8 +4,8 @@
     python -m experiments.export --study-name my-study --out runs/my.csv \\
         --storage sqlite:///optuna.db --tracking-uri sqlite:///mlflow.db
 
-Reads the Optuna study (`--storage`) and its MLflow runs (`mlflow.search_runs` on the experiment
-of the same name, `--tracking-uri`), joins them on the run id each trial records, and writes,
+Reads the Optuna study (`--storage`) and its trials' MLflow runs (found by the study's tags in
+the experiment of the same name, `--tracking-uri`), joins them by trial number, and writes,
 each atomically (temporary file, then `os.replace`, so a reader never sees half a file):
 
 - `--out` (default results.csv): one row per trial, the columns below;
@@ -115,7 +115,7 @@ from experiments.stores import (
 )
 from experiments.study import open_storage
 from experiments.third_party_warnings import hide_third_party_warnings
-from experiments.tracking import search_trial_runs
+from experiments.tracking import trial_runs
 from softmaxreg.cli import add_dataclass_arguments, dataclass_from_args
 from softmaxreg.config import require
 
@@ -219,13 +219,13 @@ def export_study(config: ExportConfig) -> Export:
     """Join the study's trials with their MLflow runs and write the tables (atomically)."""
     check_export(config)
     study = load_study(config)
-    runs = search_trial_runs(
+    runs = trial_runs(
         normalise_tracking(config.tracking_uri),
         config.study_name,
         study.user_attrs.get("study_uuid", ""),
     )
     notes = []
-    if runs.empty and study.trials:
+    if not runs and study.trials:
         notes.append(
             f"note: no MLflow runs for experiment {config.study_name!r} in "
             f"{display_url(config.tracking_uri)}; columns from MLflow are filled from Optuna's "

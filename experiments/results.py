@@ -4,18 +4,19 @@
     best = best_per_batch_size(trials)        # per batch size, the best learning rate
     print(best_per_batch_size_markdown(best))
 
-`trials_table` is a pure function of the Optuna study and the MLflow runs frame (as returned by
-`mlflow.search_runs`), so its columns are the same wherever it is called. The column names are
-part of the product's interface: they are listed, with their meaning, in `TRIAL_COLUMNS` and
-`BEST_PER_BATCH_SIZE_COLUMNS` and in `experiments.export`'s docstring. Add columns at the end;
-never rename one.
+`trials_table` is a pure function of the Optuna study and its MLflow runs (the entities
+`experiments.tracking.trial_runs` reads), so its columns are the same wherever it is called.
+The column names are part of the product's interface: they are listed, with their meaning,
+in `TRIAL_COLUMNS` and `BEST_PER_BATCH_SIZE_COLUMNS` and in `experiments.export`'s docstring.
+Add columns at the end; never rename one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import optuna
 import pandas as pd
@@ -24,6 +25,9 @@ from experiments.objective import SUMMARY_FIGURES, fail_reason
 from experiments.run_record import summary_metric_name
 from experiments.tracking import TRIAL_NUMBER_TAG
 from softmaxreg.idx_files import write_atomically
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 TRIAL_COLUMNS: dict[str, str] = {
     "study_name": "Optuna study (and MLflow experiment) name",
@@ -144,42 +148,42 @@ def _optuna_row(study_name: str, trial: optuna.trial.FrozenTrial) -> dict[str, o
     return row
 
 
-def _mlflow_row(run: pd.Series) -> dict[str, object]:
+def _mlflow_row(run: Run) -> dict[str, object]:
     row: dict[str, object] = {
-        "mlflow_status": run.get("status", ""),
-        "mlflow_run_id": run["run_id"],
+        "mlflow_status": run.info.status,
+        "mlflow_run_id": run.info.run_id,
     }
+    metrics, params, tags = run.data.metrics, run.data.params, run.data.tags
     for name in SUMMARY_COLUMNS:
         # A run names its summary figures apart from its per-epoch curves; the columns keep the
         # figure's own name.
-        value = run.get(f"metrics.{summary_metric_name(name)}")
-        if value is not None and not pd.isna(value):
+        value = metrics.get(summary_metric_name(name))
+        if value is not None and not math.isnan(value):
             row[name] = float(value)
     for name, convert in SETTING_COLUMNS.items():
-        value = run.get(f"params.{name}")
+        value = params.get(name)
         if isinstance(value, str):
             row[name] = convert(value)
     for name in ENVIRONMENT_COLUMNS:
-        value = run.get(f"tags.{name}")
+        value = tags.get(name)
         if isinstance(value, str):
             row[name] = value
     return row
 
 
-def trials_table(study: optuna.Study, runs: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per trial of `study`, joined with its MLflow run (by trial number).
+def trials_table(study: optuna.Study, runs: Sequence[Run] | None) -> pd.DataFrame:
+    """One row per trial of `study`, joined with its MLflow run (by trial number; the oldest
+    where a trial has several).
 
-    `runs` is `experiments.tracking.search_trial_runs`'s frame for the study (or None/empty when
-    no tracking store is available). Both sources hold the same figures, since every run is
+    `runs` are `experiments.tracking.trial_runs` of the study (or None/empty when no tracking
+    store is available). Both sources hold the same figures, since every run is
     rebuilt from its trial; the trial's own record fills the columns of a run not mirrored yet.
     """
-    runs_by_number: dict[int, pd.Series] = {}
-    if runs is not None and not runs.empty:
-        ordered = runs.sort_values(["start_time", "run_id"], ascending=True)
-        for _, run in ordered.iterrows():
-            number = run.get(f"tags.{TRIAL_NUMBER_TAG}")
-            if isinstance(number, str) and number.isdigit():
-                runs_by_number.setdefault(int(number), run)
+    runs_by_number: dict[int, Run] = {}
+    for run in sorted(runs or (), key=lambda r: (r.info.start_time, r.info.run_id)):
+        number = run.data.tags.get(TRIAL_NUMBER_TAG)
+        if isinstance(number, str) and number.isdigit():
+            runs_by_number.setdefault(int(number), run)
     rows = []
     for trial in study.get_trials(deepcopy=False):
         row = _optuna_row(study.study_name, trial)

@@ -1,6 +1,6 @@
 """MLflow vocabulary shared by the mirror, the export and the benchmarks: tags, names, queries.
 
-    runs = search_trial_runs("sqlite:///mlflow.db", "softmaxreg-mnist", study_uuid)  # DataFrame
+    runs = trial_runs("sqlite:///mlflow.db", "softmaxreg-mnist", study_uuid)  # [Run]
     log_batch_in_chunks(client, run_id, metrics=[...], params=[...], tags=[...])
 
 A study's runs are found by tags, never by name: `softmaxreg.role` (study or trial),
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
-from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.utils.validation import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
@@ -102,19 +99,15 @@ def search_study_runs(
             return runs
 
 
-def search_trial_runs(tracking_uri: str, experiment_name: str, study_uuid: str) -> pd.DataFrame:
-    """`mlflow.search_runs` for the study's trial runs (an empty frame if there are none)."""
-    experiment = MlflowClient(tracking_uri).get_experiment_by_name(experiment_name)
+def trial_runs(tracking_uri: str, experiment_name: str, study_uuid: str) -> list[Run]:
+    """Every active trial run of the study in experiment `experiment_name` (none if there is no
+    such experiment), all pages. MLflow's entities, not `mlflow.search_runs`' frame: building
+    that frame took 0.4 s for a 100-trial study, four times the query's own 0.1 s."""
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None:
-        return pd.DataFrame()
-    # mlflow.search_runs reads the global tracking URI: set for the call only, so a process
-    # that exports (a test, a benchmark) keeps whatever URI it had, and so does its registry.
-    with tracking_utils._use_tracking_uri(tracking_uri):
-        return mlflow.search_runs(
-            experiment_ids=[experiment.experiment_id],
-            filter_string=_trial_filter(study_uuid),
-            output_format="pandas",
-        )
+        return []
+    return search_study_runs(client, experiment.experiment_id, study_uuid)
 
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
