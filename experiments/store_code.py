@@ -1,6 +1,6 @@
-"""The stores' code, imported once by a command before it forks its workers.
+"""The stores' code, imported once by a command before it freezes its heap and forks workers.
 
-    preload_store_code(stores)   # in the command, after the data, before `run_workers` forks
+    preload_store_code(stores)   # in the command, after the data, before gc.freeze() and forks
 
 Why: a worker's first open of the study and its mirror imports the code behind both stores
 (SQLAlchemy's ORM, alembic, MLflow's SQL store and what they pull in: about 280 modules) and
@@ -8,8 +8,9 @@ configures the ORM's mappers: 0.7-0.9 s here, of which the SQL work is about 0.1
 workers paid it each, after the fork, one after another under the study lock, so the second
 worker's first trial began about 0.8 s after the first's, and the command paid it once more
 when it opened the mirror for the study's end. Imported in the command, it is paid once and
-shared by every worker's pages. `--workers 1` imports the same modules when it opens the study,
-so nothing is paid twice.
+shared by every worker's pages. `--workers 1` would import the same modules when it opens the
+study; loaded before the command freezes its heap (`experiments.sweep.main`), they are among
+what the collector's full collections no longer walk.
 
 Only code is loaded here: no engine, connection, client or thread is made, so a forked child
 inherits nothing that holds a connection.

@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import datetime
 import functools
+import gc
 import math
 import os
 import sys
@@ -153,7 +154,6 @@ def run_coordinator(
     # --threads as given, else the cores shared out so N workers do not oversubscribe them.
     threads = train_config.threads or threads_per_worker(sweep.workers)
     early = EarlyEnd(replace(sweep, study_name=name), train_config, data, stores)
-    preload_store_code(stores)  # once here, not in every worker after the fork
     status, summaries = run_workers(sweep, threads, run_worker, early)
     print("\n".join(summaries))
     try:
@@ -299,6 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = load_data_or_exit(data_config, device)  # once, before any worker: no race
         create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all
+        # The stores' code, loaded here once rather than by every forked worker after the fork.
+        preload_store_code(stores)
+        # What is loaded by now (torch, MLflow, SQLAlchemy: millions of objects) lives as long
+        # as the command, so the collector is told never to look at it again. Each of its full
+        # collections otherwise walked all of it: 0.23 s each, 7 of them (1.6 s) in a 100-trial
+        # one-worker sweep, on the thread that trains.
+        gc.freeze()
         worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
         if sweep.workers > 1:
             name = study_name_for(sweep, data_config)
