@@ -22,7 +22,8 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from benchmarks.config import BenchConfig, Settings
+from benchmarks.config import BenchConfig
+from benchmarks.profiles import Settings
 from softmaxreg.data import DataSplits
 from softmaxreg.device import DeviceUnavailableError, resolve_device
 from softmaxreg.device import torch_threads as torch_threads  # re-exported: one implementation

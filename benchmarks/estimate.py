@@ -9,8 +9,8 @@ factors measured per section in the committed full run correct what it leaves ou
 from __future__ import annotations
 
 from benchmarks.common import all_threads
-from benchmarks.config import Settings
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
+from benchmarks.profiles import Settings
 
 FULL_EPOCH_SAMPLES = 55000
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.config import BenchConfig, Settings
+from benchmarks.config import BenchConfig
+from benchmarks.profiles import Settings
 from softmaxreg.data import DataError, DataSplits, load_splits
 from softmaxreg.synthetic import write_synthetic_idx
 

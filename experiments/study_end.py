@@ -92,8 +92,8 @@ class StudyEnd:
 def report_mirror(sweep: SweepConfig, stores: Stores, study: optuna.Study) -> Mirror:
     """The study's mirror, to report from, when every worker exited 0: each mirrored its own
     trials as they ended, and the study's last worker reconciled it, or left that to this
-    command with the rest of the study's end (`run_coordinator`). Any other exit (a fault, a
-    signal) gets the full `reconcile_study` instead."""
+    command with the rest of the study's end (`experiments.coordinator`). Any other exit (a
+    fault, a signal) gets the full `reconcile_study` instead."""
     mirror = Mirror.open(stores, study, wait_seconds=sweep.tracking_wait_seconds, log=say)
     mirror.ensure_parent_run(study, {}, reopen=False)  # finds it; leaves its status alone
     return mirror

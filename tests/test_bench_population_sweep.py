@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.config import QUICK
+from benchmarks.profiles import QUICK
 from tests.test_benchmarks import read, run_quick
 
 

@@ -18,10 +18,11 @@ import torch
 
 from benchmarks.common import Spread, all_threads
 from benchmarks.compare import main as main_compare
-from benchmarks.config import QUICK, SECTIONS, STANDARD
+from benchmarks.config import SECTIONS
 from benchmarks.contention import PIPELINES as CONTENTION_PIPELINES
 from benchmarks.estimate import estimate_seconds
 from benchmarks.population import QUICK as POPULATION_QUICK
+from benchmarks.profiles import QUICK, STANDARD
 from benchmarks.report import ROUNDS_COLUMNS, format_cell, markdown_table
 from benchmarks.runner import main
 from benchmarks.sweep_throughput import REFIT_MODEL, TRIAL_MODEL
