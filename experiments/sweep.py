@@ -28,7 +28,11 @@ from __future__ import annotations
 
 from experiments.plot_server import PlotServer, fork_plot_server_early
 
-EARLY_PLOT_SERVER: PlotServer | None = fork_plot_server_early() if __name__ == "__main__" else None
+AS_COMMAND = __name__ == "__main__"
+"""True in `python -m experiments.sweep`. Imported (by a test, a notebook), `main` takes none of
+the command's process-wide steps: no early plot server, no frozen heap."""
+
+EARLY_PLOT_SERVER: PlotServer | None = fork_plot_server_early() if AS_COMMAND else None
 """The command's plot server, forked before the imports below (torch and MLflow, ~2 s here) so
 that its own imports run on the core they leave idle (`experiments.plot_server`); `main` keeps
 it or stops it once the flags and the device are known. Not when imported: only the command
@@ -207,11 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         create_stores_or_exit(stores.optuna_url, stores.tracking_uri)  # whole, or not at all
         # The stores' code, loaded here once rather than by every forked worker after the fork.
         preload_store_code(stores)
-        # What is loaded by now (torch, MLflow, SQLAlchemy: millions of objects) lives as long
-        # as the command, so the collector is told never to look at it again. Each of its full
-        # collections otherwise walked all of it: 0.23 s each, 7 of them (1.6 s) in a 100-trial
-        # one-worker sweep, on the thread that trains.
-        gc.freeze()
+        if AS_COMMAND:
+            # What is loaded by now (torch, MLflow, SQLAlchemy: millions of objects) lives as
+            # long as the command, so the collector is told never to look at it again. Each full
+            # collection otherwise walked all of it: 0.23 s each, 7 of them (1.6 s) in a
+            # 100-trial one-worker sweep, on the thread that trains. Not in a caller's process:
+            # its garbage of the moment would be frozen with it, never to be freed.
+            gc.freeze()
         worker = functools.partial(run_one_worker, parser, train_config, data_config, data, stores)
         if sweep.workers > 1:
             name = study_name_for(sweep, data_config)

@@ -174,10 +174,12 @@ def run_workers(
     `on_exit(code, still_running)` is called as each worker exits."""
     # No connection of the checks before the fork may reach a child: every engine's pool is
     # closed here, and the heap is frozen so that no child's collector finalizes (or even
-    # touches, copying its pages) an object it inherited, and no full collection, here or in
-    # a child, walks it again (0.2-0.3 s each over this heap). A full gc.collect() did the
-    # first by finalizing stray engines: 0.2 s before every worker's start.
+    # touches, copying its pages) an object it inherited, and no full collection in a child
+    # walks it again (0.2-0.3 s each over this heap); nor in the sweep command, which froze
+    # its start-up first. A full gc.collect() did the first by finalizing stray engines: 0.2 s
+    # before every worker's start.
     dispose_engines()
+    frozen_by_caller = gc.get_freeze_count() > 0  # the sweep command froze its start-up already
     gc.freeze()
     indices = range(forked_count(sweep))
     workers: list[WorkerProcess] = []
@@ -186,6 +188,8 @@ def run_workers(
     try:
         for index in indices:
             workers.append(fork_worker(sweep, index, threads, run_worker))
+        if not frozen_by_caller:
+            gc.unfreeze()  # a caller's heap (a test's) is collected as before, once forked
         read_until_exit(workers, forwarder, on_exit)
         codes = [worker.wait() for worker in workers]
     finally:

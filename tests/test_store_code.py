@@ -1,5 +1,6 @@
-"""The stores' code is loaded once in a command before it forks its workers, and no connection
-of the command reaches a worker (`experiments.store_code`, `experiments.workers.run_workers`).
+"""The stores' code is loaded once in a command before it forks its workers, no connection of
+the command reaches a worker, and the heap is frozen only where it should be
+(`experiments.store_code`, `experiments.workers.run_workers`, `experiments.sweep.main`).
 
 Real SQLite stores, a real Optuna study and MLflow parent run, fresh interpreters where what is
 measured is what a process imports.
@@ -7,15 +8,18 @@ measured is what a process imports.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy
 
 from experiments.config import SweepConfig
+from experiments.sweep import main as sweep_main
 from experiments.workers import run_workers
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,8 +82,11 @@ ENGINE: list[sqlalchemy.Engine] = []
 
 
 def report_inherited_connections(_sweep: SweepConfig, _threads: int) -> int:
-    """A forked worker's stand-in: exit 0 if the command's engine holds no connection here."""
-    return 0 if ENGINE[0].pool.checkedin() == 0 else 5
+    """A forked worker's stand-in: exit 0 if the command's engine holds no connection here and
+    what it inherited is frozen (its collector never walks or finalizes it)."""
+    if ENGINE[0].pool.checkedin() != 0:
+        return 5
+    return 0 if gc.get_freeze_count() > 0 else 6
 
 
 def test_no_connection_of_the_command_reaches_a_forked_worker(tmp_path):
@@ -91,7 +98,25 @@ def test_no_connection_of_the_command_reaches_a_forked_worker(tmp_path):
         connection.execute(sqlalchemy.text("select 1"))
     assert engine.pool.checkedin() == 1
     ENGINE[:] = [engine]
+    assert gc.get_freeze_count() == 0
     status, _ = run_workers(SweepConfig(n_trials=2, workers=2), 1, report_inherited_connections)
     assert status == 0
     with engine.connect() as connection:
         assert connection.execute(sqlalchemy.text("select 2")).scalar() == 2
+    assert gc.get_freeze_count() == 0  # the caller's heap is collected as before
+
+
+@pytest.mark.real_data
+def test_the_sweep_called_in_process_leaves_the_callers_heap_unfrozen(real_mnist_root, tmp_path):
+    """Only the command (`python -m experiments.sweep`) freezes its heap after start-up: called
+    from a test or a notebook, `main` must not freeze the caller's garbage of the moment with
+    it, never to be freed."""
+    argv = [
+        "--n-trials", "1", "--epochs", "1", "--batch-sizes", "128", "--val-size", "59000",
+        "--pruner", "none", "--no-refit", "--workers", "1", "--quiet", "--device", "cpu",
+        "--data-root", str(real_mnist_root),
+        "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ]  # fmt: skip
+    assert sweep_main(argv) == 0
+    assert gc.get_freeze_count() == 0
