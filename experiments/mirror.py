@@ -39,7 +39,7 @@ from pathlib import Path
 
 import optuna
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Run
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (
@@ -67,9 +67,9 @@ from experiments.stores import CREDENTIAL_VARIABLES, sqlite_file
 from experiments.tracking import (
     ROLE_TAG,
     STUDY_UUID_TAG,
-    TRIAL_NUMBER_TAG,
     get_or_create_experiment,
     log_batch_in_chunks,
+    runs_by_trial_number,
     search_study_runs,
 )
 
@@ -261,16 +261,19 @@ class Mirror:
     ) -> dict[int, list]:
         """Active runs of this study's trials (of one, or started since a time) by trial
         number, oldest first."""
-        runs = self.call(
+        return runs_by_trial_number(self.trial_runs(trial_number, started_since, patient))
+
+    def trial_runs(
+        self,
+        trial_number: int | None = None,
+        started_since: int | None = None,
+        patient: bool = True,
+    ) -> list[Run]:
+        """Active runs of this study's trials (of one, or started since a time), as found."""
+        return self.call(
             search_study_runs, self.client, self._experiment_id(), self.study_uuid,
             trial_number, started_since, patient=patient,
         )  # fmt: skip
-        by_number: dict[int, list] = {}
-        for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
-            number = run.data.tags.get(TRIAL_NUMBER_TAG)
-            if number is not None and number.isdigit():
-                by_number.setdefault(int(number), []).append(run)
-        return by_number
 
     def sync(
         self, trial: FrozenTrial, *, patient: bool = True, alongside: Sequence[FrozenTrial] = ()

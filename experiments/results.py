@@ -23,7 +23,7 @@ import pandas as pd
 
 from experiments.objective import SUMMARY_FIGURES, fail_reason
 from experiments.run_record import summary_metric_name
-from experiments.tracking import TRIAL_NUMBER_TAG
+from experiments.tracking import runs_by_trial_number
 from softmaxreg.idx_files import write_atomically
 
 if TYPE_CHECKING:
@@ -179,16 +179,12 @@ def trials_table(study: optuna.Study, runs: Sequence[Run] | None) -> pd.DataFram
     store is available). Both sources hold the same figures, since every run is
     rebuilt from its trial; the trial's own record fills the columns of a run not mirrored yet.
     """
-    runs_by_number: dict[int, Run] = {}
-    for run in sorted(runs or (), key=lambda r: (r.info.start_time, r.info.run_id)):
-        number = run.data.tags.get(TRIAL_NUMBER_TAG)
-        if isinstance(number, str) and number.isdigit():
-            runs_by_number.setdefault(int(number), run)
+    oldest_run = {number: copies[0] for number, copies in runs_by_trial_number(runs or ()).items()}
     rows = []
     for trial in study.get_trials(deepcopy=False):
         row = _optuna_row(study.study_name, trial)
         row["mlflow_status"] = ""
-        run = runs_by_number.get(trial.number)
+        run = oldest_run.get(trial.number)
         if run is not None:
             row.update(_mlflow_row(run))
         rows.append(row)

@@ -10,7 +10,7 @@ name gets runs of its own) and `optuna.trial_number`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag
@@ -97,6 +97,17 @@ def search_study_runs(
         token = page.token
         if not token:
             return runs
+
+
+def runs_by_trial_number(runs: Iterable[Run]) -> dict[int, list[Run]]:
+    """Trial runs by their trial number, each trial's oldest first (start time, then run id):
+    the one every worker found, where a race left a trial with several."""
+    by_number: dict[int, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id)):
+        number = run.data.tags.get(TRIAL_NUMBER_TAG)
+        if number is not None and number.isdigit():
+            by_number.setdefault(int(number), []).append(run)
+    return by_number
 
 
 def trial_runs(tracking_uri: str, experiment_name: str, study_uuid: str) -> list[Run]:

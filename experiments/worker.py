@@ -48,7 +48,6 @@ from experiments.study import (
     open_storage,
 )
 from experiments.study_end import StudyEnd
-from experiments.tracking import trial_runs
 from experiments.trial_budget import SharedProgress, TrialBudget
 from experiments.trial_loop import run_trials_through_outages
 from experiments.trial_tracker import TrialTracker
@@ -148,9 +147,7 @@ def study_outcome(
     runs = None
     artifact_uri = ""
     if with_runs:
-        runs = mirror.call(
-            trial_runs, mirror.stores.tracking_uri, study.study_name, mirror.study_uuid
-        )
+        runs = mirror.trial_runs()
         artifact_uri = mirror.call(mirror.client.get_run, mirror.parent_run_id).info.artifact_uri
     trials = trials_table(study, runs)
     return SweepOutcome(
